@@ -38,11 +38,15 @@ type Spec struct {
 	// child of it (an overlay or a copy) inside Dir.
 	RootImage string
 
-	// BootArgs is the kernel command line built by the manager: the
-	// caller's or the default arguments plus hearth's own parameters.
-	// Drivers append only what their VMM needs (for example the console
-	// device or tsc_early_khz under emulation).
+	// BootArgs are the caller's kernel arguments. Empty means the
+	// driver's defaults (console, reboot and panic behaviour). A caller's
+	// arguments replace only those defaults: the driver always appends
+	// AgentArgs and what its VMM needs (the agent transport, modules,
+	// tsc_early_khz under emulation).
 	BootArgs string
+	// AgentArgs are hearth's own kernel parameters, built by the manager:
+	// hearth_init=1, the address (ip=...), hostname, DNS and root device.
+	AgentArgs []string
 
 	// TAP is the host TAP device for eth0, already created and configured.
 	// Empty means no network device.
