@@ -1,0 +1,13 @@
+// Command fake-firecracker is a test double of the firecracker binary; see
+// package fcdouble.
+package main
+
+import (
+	"os"
+
+	"github.com/hearthvm/hearth/internal/fcdouble"
+)
+
+func main() {
+	os.Exit(fcdouble.Main(os.Args[1:]))
+}
