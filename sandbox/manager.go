@@ -1,0 +1,403 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hearthvm/hearth/agentclient"
+	"github.com/hearthvm/hearth/agentproto"
+	"github.com/hearthvm/hearth/network"
+	"github.com/hearthvm/hearth/vmm"
+)
+
+// Defaults are applied to every CreateOptions field left at its zero value.
+type Defaults struct {
+	VCPUs     int    // default 1
+	MemoryMiB int    // default 256
+	Kernel    string // guest kernel (vmlinux)
+	Initrd    string // initramfs holding hearth-agent
+	RootFS    string // shared root filesystem image (raw ext4)
+	BootArgs  string // empty: the driver's default kernel arguments
+	// DNS servers written to the guest's /etc/resolv.conf. Empty leaves
+	// the image's file alone.
+	DNS []string
+}
+
+// Config configures a Manager.
+type Config struct {
+	// DataDir holds one directory per sandbox under sandboxes/.
+	DataDir string
+	// Driver boots the machines.
+	Driver vmm.Driver
+	// Network hands out addresses and TAPs. Nil allows only network mode
+	// none.
+	Network  Network
+	Defaults Defaults
+	// ReadyTimeout bounds the wait from boot until the agent answers
+	// (default 90 s: software emulation on a loaded host is slow).
+	ReadyTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Network is the part of package network the manager uses; a
+// *network.Allocator implements it.
+type Network interface {
+	// Acquire reserves an address for the sandbox and creates its TAP.
+	Acquire(ctx context.Context, sandboxID string) (network.Lease, error)
+	// Release deletes the sandbox's TAP and frees its address. It is
+	// idempotent.
+	Release(ctx context.Context, sandboxID string) error
+}
+
+// Manager owns a set of sandboxes. It is safe for concurrent use.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+
+	events *eventBus
+
+	mu        sync.Mutex
+	sandboxes map[string]*Sandbox
+}
+
+// New returns a Manager. It creates the data directory if needed.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Driver == nil {
+		return nil, fmt.Errorf("%w: no VMM driver configured", ErrInvalidArgument)
+	}
+	if cfg.DataDir == "" {
+		return nil, fmt.Errorf("%w: no data directory configured", ErrInvalidArgument)
+	}
+	if cfg.Defaults.VCPUs == 0 {
+		cfg.Defaults.VCPUs = 1
+	}
+	if cfg.Defaults.MemoryMiB == 0 {
+		cfg.Defaults.MemoryMiB = 256
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 90 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "sandboxes"), 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	return &Manager{cfg: cfg, log: cfg.Logger, events: newEventBus(), sandboxes: make(map[string]*Sandbox)}, nil
+}
+
+// Create validates opts, reserves the ID and starts the sandbox in the
+// background. It returns at once with the sandbox in state starting; use
+// WaitReady to wait for the agent. Boot failures are recorded on the
+// sandbox (state failed) rather than returned.
+func (m *Manager) Create(ctx context.Context, opts CreateOptions) (Info, error) {
+	opts, err := m.applyDefaults(opts)
+	if err != nil {
+		return Info{}, err
+	}
+	if err := checkAssets(opts); err != nil {
+		return Info{}, err
+	}
+
+	sb, err := m.reserve(opts)
+	if err != nil {
+		return Info{}, err
+	}
+	m.log.Info("sandbox created", "sandbox", sb.id, "vcpus", opts.VCPUs, "memory_mib", opts.MemoryMiB)
+	sb.emit(ActionCreated, nil)
+	if opts.TTL > 0 {
+		m.armTTL(sb, sb.createdAt.Add(opts.TTL))
+	}
+
+	// The boot outlives the request that asked for it: the daemon, not
+	// the caller, owns the VM.
+	go sb.boot(context.WithoutCancel(ctx))
+	return sb.Info(), nil
+}
+
+func (m *Manager) applyDefaults(opts CreateOptions) (CreateOptions, error) {
+	d := m.cfg.Defaults
+	if opts.ID == "" {
+		opts.ID = newID()
+	} else if err := ValidateID(opts.ID); err != nil {
+		return opts, err
+	}
+	if opts.VCPUs == 0 {
+		opts.VCPUs = d.VCPUs
+	}
+	if opts.VCPUs < 1 || opts.VCPUs > MaxVCPUs {
+		return opts, fmt.Errorf("%w: vcpus %d: use 1 to %d", ErrInvalidArgument, opts.VCPUs, MaxVCPUs)
+	}
+	if opts.TTL < 0 {
+		return opts, fmt.Errorf("%w: ttl %s is negative", ErrInvalidArgument, opts.TTL)
+	}
+	if len(opts.Cmd) > 0 && opts.Cmd[0] == "" {
+		return opts, fmt.Errorf("%w: cmd starts with an empty program name", ErrInvalidArgument)
+	}
+	if opts.MemoryMiB == 0 {
+		opts.MemoryMiB = d.MemoryMiB
+	}
+	if opts.MemoryMiB < MinMemoryMiB {
+		return opts, fmt.Errorf("%w: memory %d MiB is below the minimum of %d MiB",
+			ErrInvalidArgument, opts.MemoryMiB, MinMemoryMiB)
+	}
+	opts.Kernel = firstNonEmpty(opts.Kernel, d.Kernel)
+	opts.Initrd = firstNonEmpty(opts.Initrd, d.Initrd)
+	opts.RootFS = firstNonEmpty(opts.RootFS, d.RootFS)
+	opts.BootArgs = firstNonEmpty(opts.BootArgs, d.BootArgs)
+	switch opts.Network {
+	case "":
+		opts.Network = NetworkTAP
+	case NetworkTAP, NetworkNone:
+	default:
+		return opts, fmt.Errorf("%w: network mode %q: use %q or %q",
+			ErrInvalidArgument, opts.Network, NetworkTAP, NetworkNone)
+	}
+	if opts.Network == NetworkTAP && m.cfg.Network == nil {
+		return opts, fmt.Errorf("%w: network mode tap needs a network pool, and none is configured",
+			ErrUnavailable)
+	}
+	return opts, nil
+}
+
+// checkAssets reports missing boot assets before anything is started.
+func checkAssets(opts CreateOptions) error {
+	for _, a := range []struct{ what, path string }{
+		{"kernel", opts.Kernel}, {"initramfs", opts.Initrd}, {"root filesystem", opts.RootFS},
+	} {
+		if a.path == "" {
+			return fmt.Errorf("%w: no %s configured; build the boot assets with scripts/build-assets",
+				ErrInvalidArgument, a.what)
+		}
+		if _, err := os.Stat(a.path); err != nil {
+			return fmt.Errorf("%w: %s %s: %v; build the boot assets with scripts/build-assets",
+				ErrInvalidArgument, a.what, a.path, err)
+		}
+	}
+	return nil
+}
+
+// reserve records a new sandbox under its ID. The directory is created
+// with Mkdir, so two hearth processes sharing a data directory cannot
+// both take one ID.
+func (m *Manager) reserve(opts CreateOptions) (*Sandbox, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.sandboxes[opts.ID]; ok {
+		return nil, fmt.Errorf("%w: sandbox %q", ErrAlreadyExists, opts.ID)
+	}
+	dir := filepath.Join(m.cfg.DataDir, "sandboxes", opts.ID)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("%w: sandbox %q (directory %s exists)", ErrAlreadyExists, opts.ID, dir)
+		}
+		return nil, fmt.Errorf("create sandbox directory: %w", err)
+	}
+	sb := &Sandbox{
+		m:         m,
+		id:        opts.ID,
+		dir:       dir,
+		opts:      opts,
+		log:       m.log.With("sandbox", opts.ID),
+		createdAt: time.Now(),
+		settled:   make(chan struct{}),
+		state:     StateStarting,
+	}
+	m.sandboxes[opts.ID] = sb
+	return sb, nil
+}
+
+// Get returns the sandbox with the given ID.
+func (m *Manager) Get(id string) (*Sandbox, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sb, ok := m.sandboxes[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: sandbox %q", ErrNotFound, id)
+	}
+	return sb, nil
+}
+
+// ListFilter selects sandboxes; empty fields match everything, and every
+// label pair must match.
+type ListFilter struct {
+	State  State
+	Labels map[string]string
+}
+
+func (f ListFilter) match(info Info) bool {
+	if f.State != "" && f.State != info.State {
+		return false
+	}
+	for k, v := range f.Labels {
+		if got, ok := info.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// List returns the records of the sandboxes that match filter, oldest
+// first.
+func (m *Manager) List(filter ListFilter) []Info {
+	m.mu.Lock()
+	all := make([]*Sandbox, 0, len(m.sandboxes))
+	for _, sb := range m.sandboxes {
+		all = append(all, sb)
+	}
+	m.mu.Unlock()
+	infos := make([]Info, 0, len(all))
+	for _, sb := range all {
+		if info := sb.Info(); filter.match(info) {
+			infos = append(infos, info)
+		}
+	}
+	sort.Slice(infos, func(i, j int) bool {
+		if !infos[i].CreatedAt.Equal(infos[j].CreatedAt) {
+			return infos[i].CreatedAt.Before(infos[j].CreatedAt)
+		}
+		return infos[i].ID < infos[j].ID
+	})
+	return infos
+}
+
+// Inspect returns the record of one sandbox.
+func (m *Manager) Inspect(id string) (Info, error) {
+	sb, err := m.Get(id)
+	if err != nil {
+		return Info{}, err
+	}
+	return sb.Info(), nil
+}
+
+// Subscribe returns a subscription to the events that match filter. A
+// subscriber that falls more than backlog events behind (0 means
+// DefaultEventBacklog) is ended with ErrEventsOverflow; the manager never
+// waits for it.
+func (m *Manager) Subscribe(filter EventFilter, backlog int) *Subscription {
+	return m.events.subscribe(filter, backlog)
+}
+
+// Stop shuts a sandbox's guest down and releases its VM and network; the
+// record stays in state stopped until Remove. A timeout of 0 means
+// DefaultStopTimeout.
+func (m *Manager) Stop(ctx context.Context, id string, timeout time.Duration) error {
+	sb, err := m.Get(id)
+	if err != nil {
+		return err
+	}
+	return sb.Stop(ctx, timeout)
+}
+
+// SetTTL makes the sandbox expire ttl from now, or never when ttl is 0.
+func (m *Manager) SetTTL(id string, ttl time.Duration) (Info, error) {
+	if ttl < 0 {
+		return Info{}, fmt.Errorf("%w: ttl %s is negative", ErrInvalidArgument, ttl)
+	}
+	sb, err := m.Get(id)
+	if err != nil {
+		return Info{}, err
+	}
+	if ttl == 0 {
+		sb.mu.Lock()
+		if sb.ttlTimer != nil {
+			sb.ttlTimer.Stop()
+			sb.ttlTimer = nil
+		}
+		sb.expiresAt = time.Time{}
+		sb.mu.Unlock()
+	} else {
+		m.armTTL(sb, time.Now().Add(ttl))
+	}
+	return sb.Info(), nil
+}
+
+// armTTL (re)schedules the sandbox's removal at deadline. The timer holds
+// the *Sandbox, not its ID, so a later sandbox that reuses the ID is never
+// removed by an old timer.
+func (m *Manager) armTTL(sb *Sandbox, deadline time.Time) {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if sb.ttlTimer != nil {
+		sb.ttlTimer.Stop()
+	}
+	sb.expiresAt = deadline
+	sb.ttlTimer = time.AfterFunc(time.Until(deadline), func() {
+		sb.log.Info("sandbox TTL expired")
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		if err := m.removeSandbox(ctx, sb, true); err != nil {
+			sb.log.Error("remove expired sandbox", "err", err)
+		}
+	})
+}
+
+// Remove destroys a sandbox and releases everything it holds. A sandbox
+// with a running workload needs force.
+func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
+	sb, err := m.Get(id)
+	if err != nil {
+		return err
+	}
+	return m.removeSandbox(ctx, sb, force)
+}
+
+// removeSandbox removes sb and forgets it, unless the ID now names another
+// sandbox.
+func (m *Manager) removeSandbox(ctx context.Context, sb *Sandbox, force bool) error {
+	if err := sb.remove(ctx, force); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	if m.sandboxes[sb.id] == sb {
+		delete(m.sandboxes, sb.id)
+	}
+	m.mu.Unlock()
+	return nil
+}
+
+// Close removes every sandbox. It is meant for a program that embeds the
+// manager and exits.
+func (m *Manager) Close(ctx context.Context) error {
+	var errs []error
+	for _, info := range m.List(ListFilter{}) {
+		if err := m.Remove(ctx, info.ID, true); err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Exec runs a command in a ready sandbox and returns its exit code.
+func (m *Manager) Exec(ctx context.Context, id string, req agentproto.StartRequest, stdio agentclient.ExecIO) (int32, error) {
+	sb, err := m.Get(id)
+	if err != nil {
+		return 0, err
+	}
+	return sb.Exec(ctx, req, stdio)
+}
+
+func newID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "sb-" + hex.EncodeToString(b[:])
+}
+
+func firstNonEmpty(values ...string) string {
+	for _, v := range values {
+		if strings.TrimSpace(v) != "" {
+			return v
+		}
+	}
+	return ""
+}
