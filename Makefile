@@ -1,0 +1,51 @@
+# hearth's build, set-up and test entry points. Every target that needs a
+# Debian package or a Go tool installs it first, so each works on a fresh
+# Debian 12 machine with Go and root.
+
+GO            ?= go
+BIN           := bin
+ASSETS        ?= $(or $(HEARTH_ASSETS),/var/lib/hearth/assets)
+STATICCHECK   := $(shell $(GO) env GOPATH)/bin/staticcheck
+STATICCHECK_VERSION := v0.8.2
+FUZZTIME      ?= 60s
+
+.PHONY: all build deps install assets setup demo lint test test-short fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/hearth ./cmd/hearth
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/hearth-agent ./cmd/hearth-agent
+
+deps:
+	scripts/install-deps
+
+install: build
+	install -m 0755 $(BIN)/hearth /usr/local/bin/hearth
+
+assets: build
+	HEARTH_ASSETS=$(ASSETS) scripts/build-assets $(BIN)/hearth-agent
+
+# setup installs the packages, the hearth binary and the boot assets.
+setup: deps install assets
+
+# demo is the README's first command: set everything up, then boot a
+# sandbox and print its kernel version from inside the guest.
+demo: setup
+	hearth run -- cat /proc/version
+
+$(STATICCHECK):
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: $(STATICCHECK)
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+# test is the README's test command and what CI runs: set-up, lint, and
+# the whole suite under the race detector, including tests that boot real
+# guests from the assets.
+test: deps assets lint
+	HEARTH_ASSETS=$(ASSETS) $(GO) test -race -count=1 -timeout 25m ./...
+
+clean:
+	rm -rf $(BIN)
