@@ -173,7 +173,7 @@ func (sb *Sandbox) start(ctx context.Context) error {
 	}
 
 	if sb.opts.Network == NetworkTAP {
-		lease, err := sb.m.cfg.Network.Acquire(ctx, sb.id)
+		lease, err := sb.m.cfg.Network.AcquireWith(ctx, sb.id, sb.m.tapOptions())
 		if err != nil {
 			return fmt.Errorf("network: %w", err)
 		}

@@ -52,8 +52,9 @@ type Config struct {
 // Network is the part of package network the manager uses; a
 // *network.Allocator implements it.
 type Network interface {
-	// Acquire reserves an address for the sandbox and creates its TAP.
-	Acquire(ctx context.Context, sandboxID string) (network.Lease, error)
+	// AcquireWith reserves an address for the sandbox and creates its TAP
+	// with opts.
+	AcquireWith(ctx context.Context, sandboxID string, opts network.TAPOptions) (network.Lease, error)
 	// Release deletes the sandbox's TAP and frees its address. It is
 	// idempotent.
 	Release(ctx context.Context, sandboxID string) error
@@ -400,4 +401,18 @@ func firstNonEmpty(values ...string) string {
 		}
 	}
 	return ""
+}
+
+// tapOptions places TAP devices where the driver's VMM can open them.
+func (m *Manager) tapOptions() network.TAPOptions {
+	placer, ok := m.cfg.Driver.(vmm.TAPPlacer)
+	if !ok {
+		return network.TAPOptions{}
+	}
+	p := placer.TAPPlacement()
+	opts := network.TAPOptions{NetNSPath: p.NetNSPath}
+	if p.Owner != nil {
+		opts.User = &network.TAPUser{UID: p.Owner.UID, GID: p.Owner.GID}
+	}
+	return opts
 }

@@ -92,3 +92,26 @@ type Machine interface {
 // ErrUnavailable reports that a driver cannot run on this host (binary
 // missing, no usable KVM). Errors wrapping it say what to install or fix.
 var ErrUnavailable = errors.New("vmm unavailable")
+
+// TAPPlacement says where a driver's VMM expects its TAP device: in
+// which network namespace, and owned by which user when the VMM does not
+// run as root (a jailed Firecracker).
+type TAPPlacement struct {
+	// NetNSPath is the network namespace, as a path such as
+	// /var/run/netns/NAME. Empty means the manager's own namespace.
+	NetNSPath string
+	// Owner, when set, is the uid and gid that must be able to open the
+	// TAP.
+	Owner *TAPOwner
+}
+
+// TAPOwner is a uid and gid.
+type TAPOwner struct {
+	UID, GID uint32
+}
+
+// TAPPlacer is implemented by drivers whose TAP devices must be created
+// somewhere other than the manager's namespace, or for another user.
+type TAPPlacer interface {
+	TAPPlacement() TAPPlacement
+}
