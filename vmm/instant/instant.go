@@ -1,0 +1,108 @@
+// Package instant is a VMM double that boots instantly: each machine is
+// an in-process hearth-agent server (package agent, serve-only, so it
+// never touches the host's clock or network) reached over in-memory
+// pipes. Commands run on the host as the calling user, so it is for tests
+// and for measuring the manager's own overhead, never for isolation.
+package instant
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/hearthvm/hearth/agent"
+	"github.com/hearthvm/hearth/vmm"
+)
+
+// Driver boots instant machines. The zero value is ready to use.
+type Driver struct {
+	// BootErr, when set, makes every Boot fail with it.
+	BootErr error
+}
+
+// Name returns "instant".
+func (d *Driver) Name() string { return "instant" }
+
+// Boot starts an in-process agent for spec and writes an empty console
+// log into spec.Dir.
+func (d *Driver) Boot(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
+	if d.BootErr != nil {
+		return nil, d.BootErr
+	}
+	console := filepath.Join(spec.Dir, "console.log")
+	if err := os.WriteFile(console, nil, 0o600); err != nil {
+		return nil, fmt.Errorf("create console log: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Machine{console: console, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	m.server = agent.NewServer(agent.Options{Shutdown: m.exit})
+	return m, nil
+}
+
+// Machine is one instant machine.
+type Machine struct {
+	console string
+	server  *agent.Server
+	ctx     context.Context
+	cancel  context.CancelFunc
+
+	once sync.Once
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// DialAgent returns a pipe served by the machine's agent on port.
+func (m *Machine) DialAgent(ctx context.Context, port uint32) (net.Conn, error) {
+	select {
+	case <-m.done:
+		return nil, errors.New("instant machine has exited")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	default:
+	}
+	host, guest := net.Pipe()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.server.HandleConn(m.ctx, port, guest)
+	}()
+	return host, nil
+}
+
+// exit ends the machine as a guest reboot would.
+func (m *Machine) exit() {
+	m.once.Do(func() {
+		m.cancel()
+		close(m.done)
+	})
+}
+
+// Wait blocks until the machine has exited or ctx ends.
+func (m *Machine) Wait(ctx context.Context) error {
+	select {
+	case <-m.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Done is closed once the machine has exited.
+func (m *Machine) Done() <-chan struct{} { return m.done }
+
+// Kill ends the machine and every session on it.
+func (m *Machine) Kill() error {
+	m.exit()
+	m.wg.Wait()
+	return nil
+}
+
+// ConsolePath returns the machine's (empty) console log.
+func (m *Machine) ConsolePath() string { return m.console }
+
+// PID returns the calling process's PID: the machine runs inside it.
+func (m *Machine) PID() int { return os.Getpid() }
