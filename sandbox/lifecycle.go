@@ -50,6 +50,11 @@ type Sandbox struct {
 	ttlTimer     *time.Timer
 	expiresAt    time.Time
 	removed      bool
+	// checkpointing blocks new workloads and pauses during a checkpoint.
+	checkpointing bool
+	// restoredFrom is the snapshot the sandbox was restored from; its
+	// memory file stays mapped while the sandbox's VM runs.
+	restoredFrom string
 }
 
 // ID returns the sandbox's ID.
@@ -118,14 +123,19 @@ func (sb *Sandbox) WaitReady(ctx context.Context) error {
 // boot brings the sandbox from starting to ready, or to failed with every
 // resource released.
 func (sb *Sandbox) boot(ctx context.Context) {
+	sb.bootWith(ctx, sb.start)
+}
+
+// bootWith runs start (a boot or a restore) and records the outcome.
+func (sb *Sandbox) bootWith(ctx context.Context, start func(context.Context) error) {
 	ctx, cancel := context.WithTimeout(ctx, sb.m.cfg.ReadyTimeout)
 	defer cancel()
 	sb.mu.Lock()
 	sb.cancelBoot = cancel
 	sb.mu.Unlock()
 
-	start := time.Now()
-	err := sb.start(ctx)
+	began := time.Now()
+	err := start(ctx)
 
 	sb.mu.Lock()
 	if sb.state != StateStarting {
@@ -148,7 +158,7 @@ func (sb *Sandbox) boot(ctx context.Context) {
 	sb.state, sb.readyAt = StateReady, time.Now()
 	sb.mu.Unlock()
 	close(sb.settled)
-	sb.log.Info("sandbox ready", "boot", time.Since(start).Round(time.Millisecond))
+	sb.log.Info("sandbox ready", "boot", time.Since(began).Round(time.Millisecond))
 	sb.emit(ActionReady, nil)
 
 	if len(sb.opts.Cmd) > 0 {
@@ -172,17 +182,13 @@ func (sb *Sandbox) start(ctx context.Context) error {
 		spec.AgentArgs = append(spec.AgentArgs, "hearth.dns="+strings.Join(dns, ","))
 	}
 
-	if sb.opts.Network == NetworkTAP {
-		lease, err := sb.m.cfg.Network.AcquireWith(ctx, sb.id, sb.m.tapOptions())
-		if err != nil {
-			return fmt.Errorf("network: %w", err)
-		}
-		sb.mu.Lock()
-		sb.lease = &lease
-		sb.mu.Unlock()
+	lease, err := sb.acquireNetwork(ctx)
+	if err != nil {
+		return err
+	}
+	if lease != nil {
 		spec.TAP, spec.MAC = lease.TAP, lease.MAC
 		spec.AgentArgs = append(spec.AgentArgs, lease.KernelArg())
-		sb.log.Info("network acquired", "ip", lease.IP, "tap", lease.TAP, "mac", lease.MAC.String())
 	}
 
 	machine, err := sb.m.cfg.Driver.Boot(ctx, spec)
@@ -195,6 +201,23 @@ func (sb *Sandbox) start(ctx context.Context) error {
 	go sb.watch(machine)
 
 	return sb.waitAgent(ctx, machine)
+}
+
+// acquireNetwork takes the sandbox's address and TAP, or returns nil for
+// network mode none.
+func (sb *Sandbox) acquireNetwork(ctx context.Context) (*network.Lease, error) {
+	if sb.opts.Network != NetworkTAP {
+		return nil, nil
+	}
+	lease, err := sb.m.cfg.Network.AcquireWith(ctx, sb.id, sb.m.tapOptions())
+	if err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	sb.mu.Lock()
+	sb.lease = &lease
+	sb.mu.Unlock()
+	sb.log.Info("network acquired", "ip", lease.IP, "tap", lease.TAP, "mac", lease.MAC.String())
+	return &lease, nil
 }
 
 // waitAgent waits until the agent answers PING, then sets the guest clock,
@@ -231,7 +254,7 @@ func (sb *Sandbox) waitAgent(ctx context.Context, machine vmm.Machine) error {
 func (sb *Sandbox) watch(machine vmm.Machine) {
 	<-machine.Done()
 	sb.mu.Lock()
-	if sb.machine != machine || (sb.state != StateReady && sb.state != StateRunning) {
+	if sb.machine != machine || (sb.state != StateReady && sb.state != StateRunning && sb.state != StatePaused) {
 		sb.mu.Unlock()
 		return
 	}
@@ -273,6 +296,10 @@ func (sb *Sandbox) beginWorkload() (vmm.Machine, error) {
 		state := sb.state
 		sb.mu.Unlock()
 		return nil, fmt.Errorf("%w: sandbox %q is %s; commands run only in a ready sandbox", ErrWrongState, sb.id, state)
+	}
+	if sb.checkpointing {
+		sb.mu.Unlock()
+		return nil, fmt.Errorf("%w: sandbox %q is being checkpointed; retry when the checkpoint is written", ErrWrongState, sb.id)
 	}
 	machine := sb.machine
 	sb.workloads++
@@ -338,6 +365,7 @@ func (sb *Sandbox) Stop(ctx context.Context, timeout time.Duration) error {
 		sb.mu.Unlock()
 		return nil
 	}
+	wasPaused := sb.state == StatePaused
 	sb.state = StateStopping
 	cancelBoot := sb.cancelBoot
 	sb.mu.Unlock()
@@ -349,7 +377,10 @@ func (sb *Sandbox) Stop(ctx context.Context, timeout time.Duration) error {
 	}
 	<-sb.settled
 
-	sb.shutdownGuest(ctx, timeout)
+	if !wasPaused {
+		// A paused guest cannot run its shutdown; it is killed at once.
+		sb.shutdownGuest(ctx, timeout)
+	}
 	sb.teardown()
 	sb.mu.Lock()
 	sb.state = StateStopped

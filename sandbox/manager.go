@@ -65,7 +65,8 @@ type Manager struct {
 	cfg Config
 	log *slog.Logger
 
-	events *eventBus
+	events  *eventBus
+	catalog *catalog
 
 	mu        sync.Mutex
 	sandboxes map[string]*Sandbox
@@ -94,7 +95,14 @@ func New(cfg Config) (*Manager, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "sandboxes"), 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger, events: newEventBus(), sandboxes: make(map[string]*Sandbox)}, nil
+	cat, err := loadCatalog(filepath.Join(cfg.DataDir, "snapshots"))
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{
+		cfg: cfg, log: cfg.Logger, events: newEventBus(), catalog: cat,
+		sandboxes: make(map[string]*Sandbox),
+	}, nil
 }
 
 // Create validates opts, reserves the ID and starts the sandbox in the

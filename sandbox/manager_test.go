@@ -21,9 +21,14 @@ import (
 // boot assets, and removes every sandbox when the test ends.
 func newManager(t *testing.T) *sandbox.Manager {
 	t.Helper()
-	dir := t.TempDir()
+	return newManagerWith(t, &instant.Driver{}, t.TempDir())
+}
+
+// newManagerWith returns a manager on driver with its state under dir.
+func newManagerWith(t *testing.T, driver *instant.Driver, dir string) *sandbox.Manager {
+	t.Helper()
 	assets := filepath.Join(dir, "assets")
-	if err := os.Mkdir(assets, 0o755); err != nil {
+	if err := os.MkdirAll(assets, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"vmlinux", "initramfs.cpio", "rootfs.ext4"} {
@@ -33,7 +38,7 @@ func newManager(t *testing.T) *sandbox.Manager {
 	}
 	m, err := sandbox.New(sandbox.Config{
 		DataDir: filepath.Join(dir, "data"),
-		Driver:  &instant.Driver{},
+		Driver:  driver,
 		Defaults: sandbox.Defaults{
 			Kernel: filepath.Join(assets, "vmlinux"),
 			Initrd: filepath.Join(assets, "initramfs.cpio"),

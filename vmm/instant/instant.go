@@ -22,6 +22,9 @@ import (
 type Driver struct {
 	// BootErr, when set, makes every Boot fail with it.
 	BootErr error
+	// CheckpointErr, when set, makes every Checkpoint fail with it half
+	// way, after the state file is written.
+	CheckpointErr error
 }
 
 // Name returns "instant".
@@ -38,17 +41,21 @@ func (d *Driver) Boot(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
 		return nil, fmt.Errorf("create console log: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &Machine{console: console, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	m := &Machine{
+		console: console, ctx: ctx, cancel: cancel, done: make(chan struct{}),
+		checkpointErr: d.CheckpointErr,
+	}
 	m.server = agent.NewServer(agent.Options{Shutdown: m.exit})
 	return m, nil
 }
 
 // Machine is one instant machine.
 type Machine struct {
-	console string
-	server  *agent.Server
-	ctx     context.Context
-	cancel  context.CancelFunc
+	console       string
+	server        *agent.Server
+	checkpointErr error
+	ctx           context.Context
+	cancel        context.CancelFunc
 
 	once sync.Once
 	done chan struct{}
@@ -106,3 +113,38 @@ func (m *Machine) ConsolePath() string { return m.console }
 
 // PID returns the calling process's PID: the machine runs inside it.
 func (m *Machine) PID() int { return os.Getpid() }
+
+// Pause and Resume only record the state; the in-process agent keeps
+// running.
+func (m *Machine) Pause(context.Context) error  { return nil }
+func (m *Machine) Resume(context.Context) error { return nil }
+
+// Checkpoint writes placeholder state and memory files into dir, or fails
+// with the driver's CheckpointErr after writing half of them.
+func (m *Machine) Checkpoint(_ context.Context, dir string) (vmm.Snapshot, error) {
+	snap := vmm.Snapshot{
+		Backend: "instant", BackendVersion: "1", StateFile: "state", MemoryFile: "memory",
+		Files: map[string]int64{"state": 5, "memory": 6},
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state"), []byte("state"), 0o600); err != nil {
+		return vmm.Snapshot{}, err
+	}
+	if m.checkpointErr != nil {
+		return vmm.Snapshot{}, m.checkpointErr
+	}
+	if err := os.WriteFile(filepath.Join(dir, "memory"), []byte("memory"), 0o600); err != nil {
+		return vmm.Snapshot{}, err
+	}
+	return snap, nil
+}
+
+// Restore boots a new instant machine after checking that the snapshot's
+// files exist.
+func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snapDir string, snap vmm.Snapshot) (vmm.Machine, error) {
+	for name := range snap.Files {
+		if _, err := os.Stat(filepath.Join(snapDir, name)); err != nil {
+			return nil, fmt.Errorf("snapshot file: %w", err)
+		}
+	}
+	return d.Boot(ctx, spec)
+}
