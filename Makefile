@@ -9,7 +9,7 @@ STATICCHECK   := $(shell $(GO) env GOPATH)/bin/staticcheck
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME      ?= 60s
 
-.PHONY: all build deps install assets setup demo lint test test-short fuzz clean
+.PHONY: all build deps install assets setup demo lint test proto clean
 
 all: build
 
@@ -46,6 +46,11 @@ lint: $(STATICCHECK)
 # guests from the assets.
 test: deps assets lint
 	HEARTH_ASSETS=$(ASSETS) $(GO) test -race -count=1 -timeout 25m ./...
+
+# proto regenerates api/sandboxv1 from proto/sandbox/v1/sandbox.proto; the
+# generated code is committed.
+proto:
+	scripts/gen-proto
 
 clean:
 	rm -rf $(BIN)

@@ -49,6 +49,7 @@ func Main(args []string) int {
 		"log level: debug, info, warn or error (env HEARTH_LOG_LEVEL)")
 
 	root.AddCommand(newRunCommand(&g))
+	root.AddCommand(newServeCommand(&g))
 
 	root.SetArgs(args)
 	err := root.Execute()
