@@ -135,7 +135,11 @@ func (sb *Sandbox) bootWith(ctx context.Context, start func(context.Context) err
 	sb.mu.Unlock()
 
 	began := time.Now()
-	err := start(ctx)
+	err := sb.m.acquireBootSlot(ctx)
+	if err == nil {
+		err = start(ctx)
+		sb.m.releaseBootSlot()
+	}
 
 	sb.mu.Lock()
 	if sb.state != StateStarting {
@@ -182,10 +186,9 @@ func (sb *Sandbox) start(ctx context.Context) error {
 		spec.AgentArgs = append(spec.AgentArgs, "hearth.dns="+strings.Join(dns, ","))
 	}
 
-	lease, err := sb.acquireNetwork(ctx)
-	if err != nil {
-		return err
-	}
+	sb.mu.Lock()
+	lease := sb.lease
+	sb.mu.Unlock()
 	if lease != nil {
 		spec.TAP, spec.MAC = lease.TAP, lease.MAC
 		spec.AgentArgs = append(spec.AgentArgs, lease.KernelArg())
@@ -195,12 +198,20 @@ func (sb *Sandbox) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("boot: %w", err)
 	}
+	sb.attach(machine)
+	return sb.waitAgent(ctx, machine)
+}
+
+// attach records a started machine, its PID for the cleanup of stale
+// sandboxes, and watches for its exit.
+func (sb *Sandbox) attach(machine vmm.Machine) {
 	sb.mu.Lock()
 	sb.machine = machine
 	sb.mu.Unlock()
+	if err := writeVMMOwner(sb.dir, machine.PID()); err != nil {
+		sb.log.Warn("record VMM process", "err", err)
+	}
 	go sb.watch(machine)
-
-	return sb.waitAgent(ctx, machine)
 }
 
 // acquireNetwork takes the sandbox's address and TAP, or returns nil for
@@ -302,6 +313,10 @@ func (sb *Sandbox) beginWorkload() (vmm.Machine, error) {
 		return nil, fmt.Errorf("%w: sandbox %q is being checkpointed; retry when the checkpoint is written", ErrWrongState, sb.id)
 	}
 	machine := sb.machine
+	if machine == nil {
+		sb.mu.Unlock()
+		return nil, fmt.Errorf("%w: sandbox %q has no running VM", ErrWrongState, sb.id)
+	}
 	sb.workloads++
 	first := sb.state == StateReady
 	sb.state = StateRunning
@@ -429,7 +444,10 @@ func (sb *Sandbox) remove(ctx context.Context, force bool) error {
 		return fmt.Errorf("%w: sandbox %q has a running workload; remove it with force", ErrWrongState, sb.id)
 	}
 	sb.removed = true
-	if sb.state == StateStarting {
+	switch sb.state {
+	case StateStopped, StateFailed:
+	default:
+		// No new workload may start on a sandbox being removed.
 		sb.state = StateStopping
 	}
 	cancelBoot := sb.cancelBoot

@@ -46,7 +46,13 @@ type Config struct {
 	// ReadyTimeout bounds the wait from boot until the agent answers
 	// (default 90 s: software emulation on a loaded host is slow).
 	ReadyTimeout time.Duration
-	Logger       *slog.Logger
+	// MaxSandboxes bounds the sandboxes that are not stopped or failed;
+	// Create past it fails with ErrResourceExhausted. 0 means no limit.
+	MaxSandboxes int
+	// MaxConcurrentBoots bounds the boots and restores in progress; more
+	// wait in state starting. 0 means no limit.
+	MaxConcurrentBoots int
+	Logger             *slog.Logger
 }
 
 // Network is the part of package network the manager uses; a
@@ -67,6 +73,9 @@ type Manager struct {
 
 	events  *eventBus
 	catalog *catalog
+	// bootSlots holds one token per boot in progress when
+	// MaxConcurrentBoots is set.
+	bootSlots chan struct{}
 
 	mu        sync.Mutex
 	sandboxes map[string]*Sandbox
@@ -99,10 +108,15 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{
+	m := &Manager{
 		cfg: cfg, log: cfg.Logger, events: newEventBus(), catalog: cat,
 		sandboxes: make(map[string]*Sandbox),
-	}, nil
+	}
+	if cfg.MaxConcurrentBoots > 0 {
+		m.bootSlots = make(chan struct{}, cfg.MaxConcurrentBoots)
+	}
+	m.removeStaleSandboxes()
+	return m, nil
 }
 
 // Create validates opts, reserves the ID and starts the sandbox in the
@@ -120,6 +134,11 @@ func (m *Manager) Create(ctx context.Context, opts CreateOptions) (Info, error) 
 
 	sb, err := m.reserve(opts)
 	if err != nil {
+		return Info{}, err
+	}
+	// The address is taken now, so Create can report it.
+	if _, err := sb.acquireNetwork(ctx); err != nil {
+		m.unreserve(sb)
 		return Info{}, err
 	}
 	m.log.Info("sandbox created", "sandbox", sb.id, "vcpus", opts.VCPUs, "memory_mib", opts.MemoryMiB)
@@ -205,6 +224,10 @@ func (m *Manager) reserve(opts CreateOptions) (*Sandbox, error) {
 	if _, ok := m.sandboxes[opts.ID]; ok {
 		return nil, fmt.Errorf("%w: sandbox %q", ErrAlreadyExists, opts.ID)
 	}
+	if max := m.cfg.MaxSandboxes; max > 0 && m.activeLocked() >= max {
+		return nil, fmt.Errorf("%w: %d sandboxes exist, the configured maximum; remove one first",
+			ErrResourceExhausted, max)
+	}
 	dir := filepath.Join(m.cfg.DataDir, "sandboxes", opts.ID)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		if errors.Is(err, os.ErrExist) {
@@ -222,8 +245,40 @@ func (m *Manager) reserve(opts CreateOptions) (*Sandbox, error) {
 		settled:   make(chan struct{}),
 		state:     StateStarting,
 	}
+	if err := writeOwner(dir); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
 	m.sandboxes[opts.ID] = sb
 	return sb, nil
+}
+
+// unreserve forgets a sandbox whose creation failed before its boot
+// started, and deletes its directory.
+func (m *Manager) unreserve(sb *Sandbox) {
+	m.mu.Lock()
+	if m.sandboxes[sb.id] == sb {
+		delete(m.sandboxes, sb.id)
+	}
+	m.mu.Unlock()
+	sb.teardown()
+	if err := os.RemoveAll(sb.dir); err != nil {
+		sb.log.Warn("remove sandbox directory", "err", err)
+	}
+}
+
+// activeLocked counts the sandboxes that are neither stopped nor failed.
+// The caller holds m.mu.
+func (m *Manager) activeLocked() int {
+	n := 0
+	for _, sb := range m.sandboxes {
+		sb.mu.Lock()
+		if sb.state != StateStopped && sb.state != StateFailed {
+			n++
+		}
+		sb.mu.Unlock()
+	}
+	return n
 }
 
 // Get returns the sandbox with the given ID.

@@ -375,3 +375,48 @@ func ids(infos []sandbox.Info) []string {
 	}
 	return out
 }
+
+func TestMaxSandboxes(t *testing.T) {
+	dir := t.TempDir()
+	newManagerWith(t, &instant.Driver{}, dir) // writes the placeholder assets
+	m2, err := sandbox.New(sandbox.Config{
+		DataDir: filepath.Join(dir, "limited"), Driver: &instant.Driver{}, MaxSandboxes: 1,
+		Defaults: sandbox.Defaults{
+			Kernel: filepath.Join(dir, "assets", "vmlinux"),
+			Initrd: filepath.Join(dir, "assets", "initramfs.cpio"),
+			RootFS: filepath.Join(dir, "assets", "rootfs.ext4"),
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m2.Close(context.Background()) })
+	createReady(t, m2, sandbox.CreateOptions{ID: "one"})
+	_, err = m2.Create(context.Background(), sandbox.CreateOptions{ID: "two", Network: sandbox.NetworkNone})
+	if !errors.Is(err, sandbox.ErrResourceExhausted) {
+		t.Fatalf("second create past the limit: got %v, want ErrResourceExhausted", err)
+	}
+	if err := m2.Stop(context.Background(), "one", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	createReady(t, m2, sandbox.CreateOptions{ID: "three"})
+}
+
+func TestStaleSandboxDirectoryRemoved(t *testing.T) {
+	dir := t.TempDir()
+	newManagerWith(t, &instant.Driver{}, dir)
+	stale := filepath.Join(dir, "data", "sandboxes", "stale")
+	if err := os.MkdirAll(stale, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// PID 0x7fffffff never exists, so the owner counts as exited.
+	rec := `{"owner":{"PID":2147483647,"StartTime":1}}`
+	if err := os.WriteFile(filepath.Join(stale, "owner.json"), []byte(rec), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	again := newManagerWith(t, &instant.Driver{}, dir)
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale sandbox directory: %v, want removed", err)
+	}
+	createReady(t, again, sandbox.CreateOptions{ID: "stale"})
+}

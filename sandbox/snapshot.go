@@ -319,6 +319,10 @@ func (m *Manager) Restore(ctx context.Context, opts RestoreOptions) (Info, error
 		return Info{}, err
 	}
 	sb.restoredFrom = snap.ID
+	if _, err := sb.acquireNetwork(ctx); err != nil {
+		m.unreserve(sb)
+		return Info{}, err
+	}
 	sb.emit(ActionCreated, map[string]string{"snapshot_id": snap.ID})
 	if create.TTL > 0 {
 		m.armTTL(sb, sb.createdAt.Add(create.TTL))
@@ -340,10 +344,9 @@ func (sb *Sandbox) restore(ctx context.Context, restorer vmm.Restorer, snap Snap
 		ID: sb.id, Dir: sb.dir, VCPUs: snap.VCPUs, MemoryMiB: snap.MemoryMiB,
 		Kernel: snap.Kernel, Initrd: snap.Initrd, RootImage: snap.RootFS, BootArgs: snap.BootArgs,
 	}
-	lease, err := sb.acquireNetwork(ctx)
-	if err != nil {
-		return err
-	}
+	sb.mu.Lock()
+	lease := sb.lease
+	sb.mu.Unlock()
 	if lease != nil {
 		spec.TAP, spec.MAC = lease.TAP, lease.MAC
 	}
@@ -351,10 +354,7 @@ func (sb *Sandbox) restore(ctx context.Context, restorer vmm.Restorer, snap Snap
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	sb.mu.Lock()
-	sb.machine = machine
-	sb.mu.Unlock()
-	go sb.watch(machine)
+	sb.attach(machine)
 
 	if lease != nil {
 		if err := sb.configureGuestNetwork(ctx, machine); err != nil {
