@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/hearthvm/hearth/network"
 	"github.com/hearthvm/hearth/sandbox"
 	"github.com/hearthvm/hearth/vmm"
+	"github.com/hearthvm/hearth/vmm/firecracker"
 	"github.com/hearthvm/hearth/vmm/qemu"
 )
 
@@ -49,15 +51,29 @@ func newManager(g *globalOptions, driverName string) (*sandbox.Manager, error) {
 	})
 }
 
-// newDriver returns the VMM driver for name. "auto" is QEMU until the
-// Firecracker driver can be selected here. The KVM probe result is cached
+// newDriver returns the VMM driver for name: "qemu", "firecracker", or
+// "auto", which picks firecracker when its binary is found
+// (HEARTH_FIRECRACKER, else firecracker in PATH) and KVM runs a standard
+// guest, and qemu otherwise. The qemu driver's KVM probe result is cached
 // host-wide (qemu.DefaultProbeCache), not per data directory, because it
 // describes the host.
 func newDriver(name string) (vmm.Driver, error) {
+	if name == "auto" {
+		sel := firecracker.SelectDriver(firecrackerBinary(), nil)
+		slog.Info("driver selected", "driver", sel.Driver, "reason", sel.Reason)
+		name = sel.Driver
+	}
 	switch name {
-	case "auto", "qemu":
+	case "qemu":
 		return qemu.New(qemu.Config{})
+	case "firecracker":
+		bin := firecrackerBinary()
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("%w: find firecracker binary %q: %w: install it from a Firecracker release "+
+				"or set %s; hearth doctor lists what this host lacks", vmm.ErrUnavailable, bin, err, firecrackerBinaryEnv)
+		}
+		return firecracker.New(firecracker.Config{Binary: bin}, slog.Default())
 	default:
-		return nil, fmt.Errorf("invalid --driver %q: use auto or qemu", name)
+		return nil, fmt.Errorf("invalid --driver %q: use auto, qemu or firecracker", name)
 	}
 }

@@ -297,7 +297,8 @@ func (sb *Sandbox) exec(ctx context.Context, machine vmm.Machine, req agentproto
 	if err != nil {
 		return 0, fmt.Errorf("%w: reach agent of sandbox %q: %v", ErrUnavailable, sb.id, err)
 	}
-	return agentclient.Exec(ctx, conn, req, stdio)
+	res, err := agentclient.Exec(ctx, conn, req, stdio)
+	return res.Code, err
 }
 
 // beginWorkload counts a new workload and moves the sandbox to running.
@@ -432,16 +433,16 @@ func (sb *Sandbox) shutdownGuest(ctx context.Context, timeout time.Duration) {
 }
 
 // remove tears the sandbox down and deletes its directory. It runs at
-// most once; later calls return nil.
-func (sb *Sandbox) remove(ctx context.Context, force bool) error {
+// most once; it reports whether this call did the removal.
+func (sb *Sandbox) remove(ctx context.Context, force bool) (bool, error) {
 	sb.mu.Lock()
 	if sb.removed {
 		sb.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	if sb.state == StateRunning && !force {
 		sb.mu.Unlock()
-		return fmt.Errorf("%w: sandbox %q has a running workload; remove it with force", ErrWrongState, sb.id)
+		return false, fmt.Errorf("%w: sandbox %q has a running workload; remove it with force", ErrWrongState, sb.id)
 	}
 	sb.removed = true
 	switch sb.state {
@@ -462,15 +463,14 @@ func (sb *Sandbox) remove(ctx context.Context, force bool) error {
 	select {
 	case <-sb.settled:
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, ctx.Err()
 	}
 	sb.teardown()
 	if err := os.RemoveAll(sb.dir); err != nil {
-		return fmt.Errorf("remove sandbox directory: %w", err)
+		return false, fmt.Errorf("remove sandbox directory: %w", err)
 	}
 	sb.log.Info("sandbox removed")
-	sb.emit(ActionRemoved, nil)
-	return nil
+	return true, nil
 }
 
 // teardown kills the VM and releases the network. It is idempotent.

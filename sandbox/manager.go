@@ -419,7 +419,8 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 // removeSandbox removes sb and forgets it, unless the ID now names another
 // sandbox.
 func (m *Manager) removeSandbox(ctx context.Context, sb *Sandbox, force bool) error {
-	if err := sb.remove(ctx, force); err != nil {
+	removed, err := sb.remove(ctx, force)
+	if err != nil || !removed {
 		return err
 	}
 	m.mu.Lock()
@@ -427,6 +428,9 @@ func (m *Manager) removeSandbox(ctx context.Context, sb *Sandbox, force bool) er
 		delete(m.sandboxes, sb.id)
 	}
 	m.mu.Unlock()
+	// Emitted after the ID is free, so a subscriber that reacts at once
+	// can create a sandbox with the same ID.
+	sb.emit(ActionRemoved, nil)
 	return nil
 }
 

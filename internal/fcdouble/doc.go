@@ -25,6 +25,15 @@
 // and exits 0 when the agent exits, as Firecracker does after a guest
 // reboot.
 //
+// Run jailed as a uid other than root, the double also requires each TAP
+// given in PUT /network-interfaces to exist in its network namespace and
+// to be owned by the jailed uid and gid, because a jailed Firecracker
+// without CAP_NET_ADMIN can neither create a TAP nor open another user's.
+//
+// Flags that exist only in the double inject faults: --fail-instance-start,
+// --ignore-ctrl-alt-del, --hang-on-reboot (the process stays after the
+// agent exits) and --guest-boot-delay (the agent starts late).
+//
 // The fake jailer checks its arguments as the real jailer does and builds
 // the chroot layout, but it does not pivot_root, chroot or drop
 // privileges, because the double needs root to create the guest's

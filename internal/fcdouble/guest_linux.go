@@ -108,6 +108,14 @@ func (s *server) startGuest() error {
 		cmd.Wait()
 		close(g.exited)
 		os.RemoveAll(dir)
+		if s.cfg.HangOnReboot {
+			// A guest whose reboot hangs: the process stays, and no
+			// vsock connection gets a reply any more.
+			s.guestMu.Lock()
+			s.guestRef = nil
+			s.guestMu.Unlock()
+			return
+		}
 		// The guest is gone: Firecracker exits 0 after a guest reboot.
 		os.Exit(exitOK)
 	}()

@@ -45,6 +45,8 @@ type Config struct {
 	ClaimVersion      api.Version
 	AgentPath         string
 	IgnoreCtrlAltDel  bool
+	HangOnReboot      bool
+	GuestBootDelay    time.Duration
 	FailInstanceStart bool
 	RequestLog        string
 	JailRoot          string
@@ -134,6 +136,8 @@ func parseFlags(args []string) (Config, int) {
 	fs.StringVar(&claim, "claim-version", "1.16.1", "double: firecracker version to claim")
 	fs.StringVar(&cfg.AgentPath, "agent", "", "double: hearth-agent binary run as the guest")
 	fs.BoolVar(&cfg.IgnoreCtrlAltDel, "ignore-ctrl-alt-del", false, "double: answer SendCtrlAltDel but do nothing")
+	fs.BoolVar(&cfg.HangOnReboot, "hang-on-reboot", false, "double: keep running after the guest's agent exits, as a guest whose reboot hangs")
+	fs.DurationVar(&cfg.GuestBootDelay, "guest-boot-delay", 0, "double: start the agent this long after InstanceStart, as a slow guest boot")
 	fs.BoolVar(&cfg.FailInstanceStart, "fail-instance-start", false, "double: reject InstanceStart")
 	fs.StringVar(&cfg.RequestLog, "request-log", "", "double: append each request as a JSON line")
 	fs.StringVar(&cfg.JailRoot, "jail-root", "", "double: chroot directory set by the fake jailer")
@@ -583,6 +587,11 @@ func (s *server) putIface(id string, m map[string]any) (int, any) {
 	if len(str(m, "host_dev_name")) > 15 {
 		return fault("Could not create the network device: Open tap device failed: Invalid interface name")
 	}
+	if s.cfg.JailUID > 0 {
+		if err := checkJailedTAP(str(m, "host_dev_name"), s.cfg.JailUID, s.cfg.JailGID); err != nil {
+			return fault("Could not create the network device: %v", err)
+		}
+	}
 	if mac := str(m, "guest_mac"); mac != "" {
 		if _, err := net.ParseMAC(mac); err != nil || len(mac) != 17 {
 			return fault("An error occurred when deserializing the json body of a request: invalid MAC address %q", mac)
@@ -696,7 +705,16 @@ func (s *server) action(kind string) (int, any) {
 		if s.cfg.FailInstanceStart {
 			return fault("Failed to start microVM: the double was told to fail InstanceStart.")
 		}
-		if err := s.startGuest(); err != nil {
+		if s.cfg.GuestBootDelay > 0 {
+			// Until the agent starts, vsock connections get no reply,
+			// as while a real guest kernel boots.
+			time.AfterFunc(s.cfg.GuestBootDelay, func() {
+				if err := s.startGuest(); err != nil {
+					fmt.Fprintf(os.Stderr, "start agent after the boot delay: %v\n", err)
+					s.exit(exitGeneric)
+				}
+			})
+		} else if err := s.startGuest(); err != nil {
 			return fault("Failed to start microVM: %v", err)
 		}
 		s.phase = phaseRunning

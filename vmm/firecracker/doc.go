@@ -7,7 +7,9 @@
 // it: the API and vsock sockets, the log and metrics files, the console
 // log, the sandbox's private copy of the root image and, in jailer mode,
 // the chroot. It does not create TAP devices, network namespaces or
-// cgroups; the caller passes those in.
+// cgroups; the caller passes those in. Driver.TAPPlacement tells the
+// caller where a jailed Firecracker can open its TAP: in the jail's
+// network namespace, owned by the jailed uid and gid.
 //
 // In direct mode every file lives in the sandbox directory and Firecracker
 // gets absolute paths. In jailer mode the chroot is
@@ -18,5 +20,6 @@
 // Every host socket path must fit in sun_path (107 usable bytes). The
 // driver checks the API socket, the vsock socket and the vsock socket of
 // the largest agent port, <vsock>_54, before it creates or starts
-// anything.
+// anything. In jailer mode these paths include the chroot base directory
+// after symbolic links are resolved, as the jailer resolves it.
 package firecracker

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -40,6 +41,22 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 
 // Name returns "firecracker".
 func (d *Driver) Name() string { return "firecracker" }
+
+var _ vmm.TAPPlacer = (*Driver)(nil)
+
+// TAPPlacement reports where the manager must create TAP devices. A jailed
+// Firecracker runs as JailerConfig.UID and GID without CAP_NET_ADMIN, so
+// it can only open a TAP that already exists in its network namespace
+// (JailerConfig.NetNS, or the manager's when empty) and is owned by that
+// uid and gid. A direct Firecracker runs as root in the manager's
+// namespace and needs nothing placed.
+func (d *Driver) TAPPlacement() vmm.TAPPlacement {
+	j := d.cfg.Jailer
+	if j == nil {
+		return vmm.TAPPlacement{}
+	}
+	return vmm.TAPPlacement{NetNSPath: j.NetNS, Owner: &vmm.TAPOwner{UID: j.UID, GID: j.GID}}
+}
 
 // layout is where one sandbox's files are, as host paths and as the paths
 // Firecracker is given.
@@ -77,9 +94,14 @@ func (d *Driver) layout(spec vmm.Spec) (layout, error) {
 	if err != nil {
 		return l, fmt.Errorf("resolve firecracker binary %q: %w", bin, err)
 	}
+	// The jailer canonicalizes --chroot-base-dir, so the socket paths the
+	// driver checks and dials are built from the same resolved directory.
 	base, err := filepath.Abs(d.cfg.Jailer.ChrootBaseDir)
 	if err != nil {
 		return l, err
+	}
+	if base, err = filepath.EvalSymlinks(base); err != nil {
+		return l, fmt.Errorf("jailer chroot base directory: %w: create it or set chroot_base_dir", err)
 	}
 	l.execFile = resolved
 	l.jailDir = filepath.Join(base, filepath.Base(resolved), spec.ID)
@@ -148,7 +170,14 @@ func (d *Driver) start(ctx context.Context, spec vmm.Spec, snap *Snapshot) (_ *M
 	if err != nil {
 		return nil, err
 	}
-	cleanup = append(cleanup, func() { m.Kill() })
+	// Kill reaps the process before Boot returns, so the caller may
+	// reuse the TAP and the sandbox id at once. A process that could not
+	// be reaped is reported with the boot error.
+	cleanup = append(cleanup, func() {
+		if kerr := m.Kill(); kerr != nil {
+			err = errors.Join(err, kerr)
+		}
+	})
 
 	if snap == nil {
 		err = d.configureAndStart(ctx, m, spec, l)
@@ -265,15 +294,29 @@ func (d *Driver) prepareJail(spec vmm.Spec, l layout, snap *Snapshot, privateDis
 	return nil
 }
 
-// checkJailLive refuses to touch a chroot whose API socket still has a
-// live listener: another Firecracker with the same id runs there.
+// checkJailLive rejects a chroot that still belongs to a live
+// Firecracker with the same id. That is the case when its API socket
+// accepts connections, or when its pid file names a live process that
+// runs the chroot's copy of the binary, because a Firecracker whose socket
+// file was deleted still holds its TAP and disk.
 func checkJailLive(l layout) error {
-	c, err := net.DialTimeout("unix", l.apiSockHost, time.Second)
+	if c, err := net.DialTimeout("unix", l.apiSockHost, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("chroot %s belongs to a live firecracker (its API socket accepts connections): kill it before reusing the sandbox id", l.jailDir)
+	}
+	exe := filepath.Join(l.root, filepath.Base(l.execFile))
+	raw, err := os.ReadFile(exe + ".pid")
 	if err != nil {
 		return nil
 	}
-	c.Close()
-	return fmt.Errorf("chroot %s belongs to a live firecracker (its API socket accepts connections): kill it before reusing the sandbox id", l.jailDir)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil || pid <= 0 {
+		return nil
+	}
+	if verifyExe(pid, exe) == nil {
+		return fmt.Errorf("chroot %s belongs to the live firecracker process %d: kill it before reusing the sandbox id", l.jailDir, pid)
+	}
+	return nil
 }
 
 // checkReadable reports whether uid:gid may read path by its mode bits.

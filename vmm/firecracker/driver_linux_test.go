@@ -180,8 +180,11 @@ func execEcho(t *testing.T, m *firecracker.Machine) (string, int32) {
 	}
 	agentproto.WriteFrame(c, agentproto.TypeEOF, nil)
 	var stdout strings.Builder
+	// One reader for the whole stream: a new bufio.Reader per frame
+	// would drop the bytes the previous one buffered.
+	r := bufio.NewReader(c)
 	for {
-		f, err := agentproto.ReadFrame(bufio.NewReader(c))
+		f, err := agentproto.ReadFrame(r)
 		if err != nil {
 			t.Fatalf("read exec frame: %v (stdout so far %q)", err, stdout.String())
 		}

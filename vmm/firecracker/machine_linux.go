@@ -174,8 +174,9 @@ func (m *Machine) removeFiles() []error {
 }
 
 // Shutdown sends Ctrl+Alt+Del, so that the guest reboots and Firecracker
-// exits, waits up to timeout (DefaultStopTimeout when 0), then kills it. The process is always reaped and its files removed. It
-// returns nil when the guest exited by itself.
+// exits, waits up to timeout (DefaultStopTimeout when 0), then kills it.
+// The process is always reaped and its files removed. It returns nil when
+// the guest exited by itself.
 func (m *Machine) Shutdown(ctx context.Context, timeout time.Duration) error {
 	if timeout <= 0 {
 		timeout = DefaultStopTimeout

@@ -55,7 +55,9 @@ func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, l layout) (_ *Machine
 	}
 	defer func() {
 		if err != nil {
-			m.Kill()
+			if kerr := m.Kill(); kerr != nil {
+				err = errors.Join(err, kerr)
+			}
 		}
 	}()
 
