@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,7 +58,36 @@ type launch struct {
 	Disk      string
 	Paths     machinePaths
 	ExtraArgs []string
+
+	// Memory is the guest RAM's backing file; the zero value gives the
+	// guest anonymous RAM.
+	Memory memoryBackend
+	// MemFile, when set, is passed to QEMU as descriptor 3, so that
+	// Memory.Path can name it as /proc/self/fd/3. start takes ownership.
+	MemFile *os.File
+	// Incoming starts QEMU waiting for a migration stream
+	// (-incoming defer) instead of booting the guest.
+	Incoming bool
+	// NetNoBackend attaches the network device without a TAP, for a
+	// restored machine whose snapshot has one but whose spec has none.
+	NetNoBackend bool
 }
+
+// memoryBackend describes a memory-backend-file object.
+type memoryBackend struct {
+	// Path is the file QEMU maps; empty means anonymous RAM.
+	Path string
+	// Shared maps the file MAP_SHARED (share=on), so the file is the
+	// guest's RAM. Otherwise QEMU maps it MAP_PRIVATE (share=off): the
+	// guest starts from the file's contents, its writes go to private
+	// copy-on-write pages, and the file is never written.
+	Shared bool
+}
+
+// memFilePath is how QEMU names launch.MemFile, which it inherits as
+// descriptor 3 (the first of exec.Cmd.ExtraFiles). Opening
+// /proc/self/fd/3 of a memfd opens the same memfd again.
+const memFilePath = "/proc/self/fd/3"
 
 // checkSocketPath rejects a socket path the kernel cannot bind, before
 // QEMU is started and fails with a less clear message.
@@ -139,6 +169,19 @@ func buildArgs(l launch) ([]string, error) {
 	args = append(args,
 		"-smp", strconv.Itoa(s.VCPUs),
 		"-m", strconv.Itoa(s.MemoryMiB),
+	)
+	if l.Memory.Path != "" {
+		share := "off"
+		if l.Memory.Shared {
+			share = "on"
+		}
+		args = append(args,
+			"-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=%s",
+				s.MemoryMiB, optValue(l.Memory.Path), share),
+			"-machine", "memory-backend=mem",
+		)
+	}
+	args = append(args,
 		"-kernel", s.Kernel,
 		"-initrd", s.Initrd,
 		"-append", cmdline,
@@ -156,7 +199,8 @@ func buildArgs(l launch) ([]string, error) {
 			"-device", "virtio-blk-device,drive=root",
 		)
 	}
-	if s.TAP != "" {
+	switch {
+	case s.TAP != "":
 		if len(s.MAC) == 0 {
 			return nil, fmt.Errorf("tap %q has no guest mac address: set vmm.Spec.MAC", s.TAP)
 		}
@@ -164,6 +208,14 @@ func buildArgs(l launch) ([]string, error) {
 			"-netdev", "tap,id=net0,ifname="+optValue(s.TAP)+",script=no,downscript=no",
 			"-device", "virtio-net-device,netdev=net0,mac="+s.MAC.String(),
 		)
+	case l.NetNoBackend:
+		if len(s.MAC) == 0 {
+			return nil, fmt.Errorf("network device has no guest mac address: set vmm.Spec.MAC")
+		}
+		args = append(args, "-device", "virtio-net-device,mac="+s.MAC.String())
+	}
+	if l.Incoming {
+		args = append(args, "-incoming", "defer")
 	}
 	return append(args, l.ExtraArgs...), nil
 }

@@ -10,6 +10,54 @@
 // /init within a deadline, because a KVM that lacks features may start and
 // then run a guest extremely slowly instead of failing.
 //
+// # Guest memory
+//
+// A booted guest's RAM is an anonymous memfd that the driver creates and
+// QEMU maps shared (memory-backend-file with share=on, named
+// /proc/self/fd/3 in QEMU). It has no path, so nothing is left in
+// /dev/shm or the sandbox directory when the machine ends: its pages are
+// freed once QEMU has exited and Kill closed the driver's descriptor.
+//
+// # Snapshots
+//
+// Machine.Checkpoint stops the vCPUs, writes QEMU's migration stream to a
+// file through an fd: URI (the descriptor is passed with getfd over
+// SCM_RIGHTS), copies the guest RAM and the root disk overlay, and
+// resumes the machine, also after a failure. With the x-ignore-shared
+// capability the stream leaves out the shared RAM, so it holds only the
+// device state (about 63 KB for a 256 MiB guest). The RAM is copied from
+// the memfd into a sparse memory file, and the overlay is copied with
+// FICLONE where the filesystem can share blocks, else with
+// copy_file_range over its data ranges, keeping holes.
+//
+// Driver.Restore starts QEMU with the same device set under -incoming
+// defer, loads the stream with migrate-incoming and runs cont. The new
+// machine maps the snapshot's memory file privately (share=off), so its
+// writes go to copy-on-write pages: one snapshot restores any number of
+// times, clones share the snapshot's unchanged pages in the page cache,
+// and the memory file must stay unchanged while any clone runs. Its disk
+// is a new qcow2 overlay on the snapshot's disk copy, which stays
+// read-only.
+//
+// A restored machine's private mapping is not skipped by x-ignore-shared,
+// so its own checkpoint puts the RAM into the stream (about the size of
+// the guest's used memory) and has no memory file. It takes several
+// times longer than a checkpoint of a booted machine, and a restore from
+// it loads the RAM into a new memfd, after which that machine checkpoints
+// the fast way again. The disk copy of a restored machine is rebased onto
+// the shared raw image after the machine resumed, so every snapshot
+// directory depends only on itself and the raw image.
+//
+// Measured by TestRealSnapshot on a 2-core Debian 12 VM with QEMU 7.2
+// under TCG and a 256 MiB guest using about 68 MiB, with the snapshot on
+// ext4: a checkpoint of a booted machine paused it for 44 to 373 ms
+// (5 ms for the stream, 38 to 370 ms for the memory copy, which is
+// bound by the page cache's write rate of that filesystem, and 1 ms for
+// the disk). Restore returned after 41 to 150 ms, and the agent answered
+// 150 to 280 ms after Restore began. A checkpoint of a restored machine
+// paused it for 0.2 to 0.7 s, and a restore from that snapshot took 0.3
+// to 0.9 s.
+//
 // The package does not create TAP devices, pick addresses or remove the
 // sandbox directory; the manager does.
 package qemu

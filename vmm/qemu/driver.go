@@ -121,7 +121,7 @@ func (d *Driver) boot(ctx context.Context, spec vmm.Spec) (_ *Machine, err error
 	}
 
 	if l.Disk != "" {
-		if err := d.createOverlay(ctx, spec.RootImage, l.Disk); err != nil {
+		if err := d.createOverlay(ctx, spec.RootImage, "raw", l.Disk); err != nil {
 			return nil, fmt.Errorf("boot %s: %w", spec.ID, err)
 		}
 		defer func() {
@@ -130,6 +130,13 @@ func (d *Driver) boot(ctx context.Context, spec vmm.Spec) (_ *Machine, err error
 			}
 		}()
 	}
+
+	// The guest RAM lives in a memfd shared with QEMU, so Checkpoint can
+	// leave it out of the migration stream and copy it directly.
+	if l.MemFile, err = newGuestMemory(spec.ID, spec.MemoryMiB); err != nil {
+		return nil, fmt.Errorf("boot %s: %w", spec.ID, err)
+	}
+	l.Memory = memoryBackend{Path: memFilePath, Shared: true}
 
 	m, err := d.start(ctx, l)
 	if err != nil {
@@ -213,15 +220,16 @@ func checkFree(p machinePaths) error {
 	return nil
 }
 
-// createOverlay creates a qcow2 overlay at path backed by image. The image
-// path is stored absolute in the overlay, and QEMU opens a backing file
-// read-only, so the shared image is never written.
-func (d *Driver) createOverlay(ctx context.Context, image, path string) error {
+// createOverlay creates a qcow2 overlay at path backed by image, whose
+// format is "raw" or "qcow2". The image path is stored absolute in the
+// overlay, and QEMU opens a backing file read-only, so the image is never
+// written.
+func (d *Driver) createOverlay(ctx context.Context, image, format, path string) error {
 	abs, err := filepath.Abs(image)
 	if err != nil {
 		return fmt.Errorf("create disk overlay: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, d.qemuImg, "create", "-q", "-f", "qcow2", "-b", abs, "-F", "raw", path)
+	cmd := exec.CommandContext(ctx, d.qemuImg, "create", "-q", "-f", "qcow2", "-b", abs, "-F", format, path)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		os.Remove(path)

@@ -4,6 +4,7 @@ package qemu
 
 import (
 	"errors"
+	"os"
 	"syscall"
 )
 
@@ -19,3 +20,6 @@ func openKVM() error                     { return errNotLinux }
 func checkTun() error                    { return errNotLinux }
 func processAttr() *syscall.SysProcAttr  { return nil }
 func killProcessGroup(pid int) error     { return errNotLinux }
+
+func newGuestMemory(id string, mib int) (*os.File, error)   { return nil, errNotLinux }
+func copyFile(src *os.File, dst string, reflink bool) error { return errNotLinux }

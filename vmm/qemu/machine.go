@@ -44,13 +44,22 @@ const logTailBytes = 2048
 
 // Machine is one running QEMU process. It implements vmm.Machine.
 type Machine struct {
-	id    string
-	paths machinePaths
-	cmd   *exec.Cmd
-	mux   *agentlink.SerialMux
-	log   *slog.Logger
-	done  chan struct{}
-	qmp   *qmp.Client // set before Boot returns
+	id     string
+	paths  machinePaths
+	launch launch // source of the command line
+	// memFile is the guest RAM (a memfd QEMU maps shared), or nil when
+	// the guest's RAM is private to QEMU. Kill closes it.
+	memFile *os.File
+	// snapshotBase is the snapshot config a restored machine was started
+	// from, which its own checkpoints inherit. It is nil for a booted
+	// machine.
+	snapshotBase *snapshotConfig
+	qemuImg      string // qemu-img binary, for rebasing snapshot disks
+	cmd          *exec.Cmd
+	mux          *agentlink.SerialMux
+	log          *slog.Logger
+	done         chan struct{}
+	qmp          *qmp.Client // set before Boot returns
 
 	exitErr error // set by reap before done closes
 	killed  atomic.Bool
@@ -58,15 +67,27 @@ type Machine struct {
 	killOnce sync.Once
 	killErr  error
 
+	// checkpointMu serialises checkpoints, each of which runs its own
+	// migration.
+	checkpointMu sync.Mutex
+
 	mu             sync.Mutex
 	shutdownReason string // reason of QEMU's SHUTDOWN event
 }
 
 var _ vmm.Machine = (*Machine)(nil)
 
-// start spawns QEMU for l and connects QMP. On error the process is
-// killed and reaped, and the files start created are removed.
+// start spawns QEMU for l and connects QMP. It takes ownership of
+// l.MemFile. On error the process is killed and reaped, and the files
+// start created are removed.
 func (d *Driver) start(ctx context.Context, l launch) (_ *Machine, err error) {
+	if l.MemFile != nil {
+		defer func() {
+			if err != nil {
+				l.MemFile.Close()
+			}
+		}()
+	}
 	args, err := buildArgs(l)
 	if err != nil {
 		return nil, err
@@ -83,14 +104,20 @@ func (d *Driver) start(ctx context.Context, l launch) (_ *Machine, err error) {
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = processAttr()
+	if l.MemFile != nil {
+		cmd.ExtraFiles = []*os.File{l.MemFile} // descriptor 3, see memFilePath
+	}
 
 	m := &Machine{
-		id:    l.Spec.ID,
-		paths: l.Paths,
-		cmd:   cmd,
-		mux:   agentlink.NewSerialMux(l.Paths.Agent),
-		log:   d.log.With("sandbox", l.Spec.ID),
-		done:  make(chan struct{}),
+		id:      l.Spec.ID,
+		paths:   l.Paths,
+		launch:  l,
+		memFile: l.MemFile,
+		qemuImg: d.qemuImg,
+		cmd:     cmd,
+		mux:     agentlink.NewSerialMux(l.Paths.Agent),
+		log:     d.log.With("sandbox", l.Spec.ID),
+		done:    make(chan struct{}),
 	}
 	d.log.Debug("starting qemu", "sandbox", l.Spec.ID, "args", args)
 	if err := cmd.Start(); err != nil {
@@ -244,6 +271,11 @@ func (m *Machine) kill() error {
 	if m.qmp != nil {
 		m.qmp.Close()
 	}
+	if m.memFile != nil {
+		// The memfd's pages are freed once QEMU's descriptor and this one
+		// are closed; it has no name that could be left behind.
+		m.memFile.Close()
+	}
 	if err := removeFiles(m.paths.QMP, m.paths.Agent); err != nil {
 		errs = append(errs, err)
 	}
@@ -275,7 +307,11 @@ func (m *Machine) exited() bool {
 	}
 }
 
-// Pause stops the guest's vCPUs (QMP stop). QEMU keeps running.
+// Pause stops the guest's vCPUs (QMP stop). QEMU keeps running, and it
+// drains and flushes the block devices before returning. The agent
+// session survives a short pause. The host's yamux keepalive (every 15 s
+// by default) ends the session when the stopped guest leaves a ping
+// unanswered for 10 s, and the next DialAgent after Resume reconnects.
 func (m *Machine) Pause(ctx context.Context) error {
 	if _, err := m.qmp.Execute(ctx, "stop", nil); err != nil {
 		return fmt.Errorf("pause %s: %w", m.id, err)
