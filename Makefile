@@ -52,5 +52,31 @@ test: deps assets lint
 proto:
 	scripts/gen-proto
 
+# FUZZ_TARGETS lists package:target pairs; go test fuzzes one target per
+# run, so fuzz runs each in turn for $(FUZZTIME).
+FUZZ_TARGETS := ./agentproto:FuzzReadFrame ./agentproto:FuzzDecodeStart \
+	./agentproto:FuzzFileRequests ./agent:FuzzExecSession ./agent:FuzzFileSession
+
+fuzz:
+	@set -e; for target in $(FUZZ_TARGETS); do \
+		pkg=$${target%%:*}; name=$${target#*:}; \
+		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
+
+# fuzz-short runs each fuzz target for 5 s, as a quick check.
+fuzz-short:
+	$(MAKE) fuzz FUZZTIME=5s
+
 clean:
 	rm -rf $(BIN)
+
+# bench measures hearth against this machine's physical floors and
+# prints one table, also written to bench-results.json (docs/benchmarks.md
+# explains each measure). It needs root, takes about ten minutes on two
+# cores, and is never part of test.
+.PHONY: bench
+bench: assets
+	$(GO) build -o $(BIN)/hearth-bench ./cmd/hearth-bench
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/fake-firecracker ./internal/fcdouble/cmd/fake-firecracker
+	$(BIN)/hearth-bench -bin $(BIN) -assets $(ASSETS) -out bench-results.json

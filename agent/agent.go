@@ -1,11 +1,12 @@
 // Package agent serves the guest side of the hearth agent protocol: the
 // exec channel (port 52), the file channel (port 53) and the control
 // channel (port 54), one session per connection. It runs commands, reaps
-// processes when it is PID 1, and carries out SHUTDOWN through a hook.
+// processes when it is PID 1, transfers files, and carries out SHUTDOWN
+// and NETCONFIG through hooks.
 //
 // The package does not accept connections (package agentlink does) and
 // does not perform init duties such as mounts or reboots (package
-// guestinit does). Its exec and control channels work on Linux only.
+// guestinit does). Its exec and file channels work on Linux only.
 package agent
 
 import (
@@ -31,6 +32,10 @@ const (
 	ExitTimeout = 124
 	// ExitProtocolError is reported when the host sent a malformed frame.
 	ExitProtocolError = 125
+	// ExitSessionLimit is reported when Options.MaxSessions commands
+	// already run; like docker run's 125, it is an error of the agent
+	// rather than of the command.
+	ExitSessionLimit = 125
 	// ExitCannotExecute is reported when the command was found but could
 	// not be started (permission denied, not executable, bad user or
 	// working directory).
@@ -43,9 +48,9 @@ const (
 // SIGKILL when a SHUTDOWN request leaves grace_ms at zero.
 const DefaultShutdownGrace = 2 * time.Second
 
-// fileRequestTimeout bounds how long the placeholder file channel waits
-// for the end of a request before it sends ERR.
-const fileRequestTimeout = 10 * time.Second
+// DefaultMaxSessions is the number of exec sessions that may run commands
+// at the same time when Options.MaxSessions is 0.
+const DefaultMaxSessions = 256
 
 // Options configures a Server. The zero value serves without touching the
 // machine: no clock changes and no shutdown action.
@@ -61,6 +66,22 @@ type Options struct {
 	// ends the serve loop. Nil means no action.
 	Shutdown func()
 
+	// ConfigureNetwork carries out NETCONFIG: it gives a restored
+	// clone its new address. The guest init installs ConfigureInterface.
+	// Nil, as in serve-only mode, rejects NETCONFIG with "not a guest".
+	ConfigureNetwork func(agentproto.NetConfig) error
+
+	// MaxSessions bounds the exec sessions whose commands run at the
+	// same time; a START past the bound gets EXIT 125 with a message on
+	// STDERR. 0 means DefaultMaxSessions.
+	MaxSessions int
+
+	// FileRoot confines the file channel to this directory: request
+	// paths are taken relative to it, and neither ".." nor symbolic
+	// links lead out of it. Empty, as in a guest, serves the whole
+	// filesystem. Tests and fuzzing set it.
+	FileRoot string
+
 	// Logger receives the agent's log records. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -70,11 +91,19 @@ type Options struct {
 type Server struct {
 	allowClockSet bool
 	shutdownHook  func()
+	netConfigHook func(agentproto.NetConfig) error
+	maxSessions   int
+	fileRoot      string
 	log           *slog.Logger
 
 	// setClock sets the wall clock; tests replace it so that no test can
 	// change the clock of the machine it runs on.
 	setClock func(time.Time) error
+
+	// rewriteStart, when set, changes each decoded START request before
+	// it runs. Fuzz tests use it to replace the command with a harmless
+	// one, so that random input never runs a random program.
+	rewriteStart func(*agentproto.StartRequest)
 
 	shutdownOnce sync.Once
 
@@ -92,10 +121,17 @@ func NewServer(opts Options) *Server {
 	if logger == nil {
 		logger = slog.Default()
 	}
+	maxSessions := opts.MaxSessions
+	if maxSessions <= 0 {
+		maxSessions = DefaultMaxSessions
+	}
 	startReaper()
 	return &Server{
 		allowClockSet: opts.AllowClockSet,
 		shutdownHook:  opts.Shutdown,
+		netConfigHook: opts.ConfigureNetwork,
+		maxSessions:   maxSessions,
+		fileRoot:      opts.FileRoot,
 		log:           logger,
 		setClock:      setSystemClock,
 		sessions:      make(map[*session]struct{}),
@@ -135,6 +171,8 @@ func (s *Server) HandleConn(ctx context.Context, port uint32, conn net.Conn) {
 type frameWriter struct {
 	mu   sync.Mutex
 	conn io.Writer
+	// exitDetail is set when START asked for EXIT_DETAIL before EXIT.
+	exitDetail bool
 }
 
 func (w *frameWriter) write(t agentproto.FrameType, payload []byte) error {
@@ -157,41 +195,42 @@ func (w *frameWriter) writeChunked(t agentproto.FrameType, data []byte) error {
 }
 
 // fail ends an exec session that never ran a command: it writes the
-// message on STDERR, then EXIT with code.
-func (w *frameWriter) fail(code int32, msg string) error {
+// message on STDERR, then EXIT with code. reason is one of the
+// agentproto.Reason constants, for EXIT_DETAIL.
+func (w *frameWriter) fail(code int32, reason, msg string) error {
 	if err := w.write(agentproto.TypeStderr, []byte("hearth-agent: "+msg+"\n")); err != nil {
 		return err
 	}
-	return w.write(agentproto.TypeExit, agentproto.EncodeExit(code))
+	return w.exit(agentproto.ExitDetail{ExitCode: code, Reason: reason})
 }
 
-// serveFile rejects every file-channel request with ERR, because the file
-// channel is not implemented yet. It first reads the request up to its
-// end (READ_REQ, or WRITE_REQ through DONE), so the host reads the ERR
-// frame at the point where the protocol places the reply.
-func (s *Server) serveFile(conn net.Conn) {
-	// TODO: implement WRITE_REQ and READ_REQ; until then every file
-	// transfer fails with this message.
-	const msg = "file channel not implemented yet"
-
-	// A transport without deadlines leaves only the host to end the
-	// request, which every well-behaved host does.
-	_ = conn.SetReadDeadline(time.Now().Add(fileRequestTimeout))
-	for {
-		f, err := agentproto.ReadFrame(conn)
-		if err != nil || (f.Type != agentproto.TypeWriteReq && f.Type != agentproto.TypeData) {
-			break
+// exit ends an exec session: EXIT_DETAIL when START asked for it, then
+// EXIT with the same code.
+func (w *frameWriter) exit(detail agentproto.ExitDetail) error {
+	if w.exitDetail {
+		payload, err := json.Marshal(detail)
+		if err != nil {
+			return fmt.Errorf("encode EXIT_DETAIL: %w", err)
+		}
+		if err := w.write(agentproto.TypeExitDetail, payload); err != nil {
+			return err
 		}
 	}
-	_ = conn.SetReadDeadline(time.Time{})
-
-	if err := agentproto.WriteFrame(conn, agentproto.TypeErr, []byte(msg)); err != nil {
-		s.log.Debug("write ERR on file channel", "err", err)
-	}
+	return w.write(agentproto.TypeExit, agentproto.EncodeExit(detail.ExitCode))
 }
 
-// serveControl replies to PING with ACK and carries out SHUTDOWN. Several
-// requests may share one connection; SHUTDOWN is always the last.
+// wantsExitDetail reports whether a START payload that failed validation
+// still sets exit_detail.
+func wantsExitDetail(payload []byte) bool {
+	var probe struct {
+		ExitDetail bool `json:"exit_detail"`
+	}
+	return json.Unmarshal(payload, &probe) == nil && probe.ExitDetail
+}
+
+// serveControl replies to PING with ACK and carries out NETCONFIG and
+// SHUTDOWN. Several requests may share one connection; SHUTDOWN is always
+// the last.
 func (s *Server) serveControl(conn net.Conn) {
 	for {
 		f, err := agentproto.ReadFrame(conn)
@@ -208,14 +247,38 @@ func (s *Server) serveControl(conn net.Conn) {
 			if err := agentproto.WriteFrame(conn, agentproto.TypeAck, nil); err != nil {
 				return
 			}
+		case agentproto.TypeNetConfig:
+			if !s.handleNetConfig(conn, f.Payload) {
+				return
+			}
 		case agentproto.TypeShutdown:
 			s.handleShutdown(conn, f.Payload)
 			return
 		default:
-			s.replyControlError(conn, fmt.Sprintf("unknown control frame type %s; want PING or SHUTDOWN", f.Type))
+			s.replyControlError(conn, fmt.Sprintf("unknown control frame type %s; want PING, NETCONFIG or SHUTDOWN", f.Type))
 			return
 		}
 	}
+}
+
+// handleNetConfig applies a NETCONFIG request through the hook and
+// reports whether the connection may serve another request.
+func (s *Server) handleNetConfig(conn net.Conn, payload []byte) bool {
+	if s.netConfigHook == nil {
+		s.replyControlError(conn, "not a guest: NETCONFIG is carried out only by the agent running as a guest's init")
+		return false
+	}
+	cfg, err := agentproto.DecodeNetConfig(payload)
+	if err != nil {
+		s.replyControlError(conn, err.Error())
+		return false
+	}
+	if err := s.netConfigHook(cfg); err != nil {
+		s.replyControlError(conn, fmt.Sprintf("configure %s with %s: %v", cfg.Interface, cfg.Address, err))
+		return false
+	}
+	s.log.Info("network reconfigured", "interface", cfg.Interface, "address", cfg.Address, "gateway", cfg.Gateway)
+	return agentproto.WriteFrame(conn, agentproto.TypeAck, nil) == nil
 }
 
 func (s *Server) replyControlError(conn net.Conn, msg string) {

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"errors"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -121,35 +123,80 @@ func TestControlShutdown(t *testing.T) {
 	}
 }
 
-func TestFileChannelNotImplemented(t *testing.T) {
-	tests := []struct {
-		name   string
-		frames []rawFrame
-	}{
-		{"read", []rawFrame{{wireReadReq, []byte(`{"path":"/etc/hostname"}`)}}},
-		{"write", []rawFrame{
-			{0x20, []byte(`{"path":"/tmp/x","mode":420}`)}, // WRITE_REQ
-			{0x21, []byte("data")},                         // DATA
-			{0x22, nil},                                    // DONE
-		}},
-	}
+func TestControlNetConfigServeOnly(t *testing.T) {
 	srv := newTestServer(t, Options{})
+	conn := dial(t, srv, agentproto.PortControl)
+	writeRawFrame(t, conn, wireNetConfig, []byte(`{"address":"192.0.2.7/24","gateway":"192.0.2.1"}`))
+
+	f, err := readRawFrame(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.typ != wireErr {
+		t.Fatalf("got frame 0x%02x, want ERR (0x31)", f.typ)
+	}
+	if !strings.HasPrefix(string(f.payload), "not a guest") {
+		t.Errorf("got error %q, want it to start with \"not a guest\"", f.payload)
+	}
+}
+
+func TestControlNetConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		payload string
+		hookErr error
+		want    *agentproto.NetConfig // nil: the hook must not run
+		wantErr string
+	}{
+		{
+			name:    "address and gateway",
+			payload: `{"address":"192.0.2.7/24","gateway":"192.0.2.1"}`,
+			want: &agentproto.NetConfig{Interface: "eth0",
+				Address: netip.MustParsePrefix("192.0.2.7/24"), Gateway: netip.MustParseAddr("192.0.2.1")},
+		},
+		{
+			name:    "named interface without gateway",
+			payload: `{"address":"198.51.100.9/30","interface":"eth1"}`,
+			want:    &agentproto.NetConfig{Interface: "eth1", Address: netip.MustParsePrefix("198.51.100.9/30")},
+		},
+		{name: "address without prefix", payload: `{"address":"192.0.2.7"}`, wantErr: "not an IPv4 address with a prefix length"},
+		{name: "IPv6 address", payload: `{"address":"2001:db8::7/64"}`, wantErr: "not an IPv4 address with a prefix length"},
+		{name: "gateway outside subnet", payload: `{"address":"192.0.2.7/24","gateway":"198.51.100.1"}`, wantErr: "outside the subnet 192.0.2.0/24"},
+		{name: "interface name too long", payload: `{"address":"192.0.2.7/24","interface":"abcdefghijklmnop"}`, wantErr: "not a valid Linux interface name"},
+		{name: "garbage JSON", payload: `{`, wantErr: "invalid NETCONFIG payload"},
+		{
+			name:    "hook fails",
+			payload: `{"address":"192.0.2.7/24"}`,
+			hookErr: errors.New("find interface eth0: link not found"),
+			want:    &agentproto.NetConfig{Interface: "eth0", Address: netip.MustParsePrefix("192.0.2.7/24")},
+			wantErr: "configure eth0 with 192.0.2.7/24: find interface eth0: link not found",
+		},
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			conn := dial(t, srv, agentproto.PortFile)
-			for _, f := range tc.frames {
-				writeRawFrame(t, conn, f.typ, f.payload)
-			}
+			var got []agentproto.NetConfig
+			srv := newTestServer(t, Options{ConfigureNetwork: func(cfg agentproto.NetConfig) error {
+				got = append(got, cfg)
+				return tc.hookErr
+			}})
+			conn := dial(t, srv, agentproto.PortControl)
+			writeRawFrame(t, conn, wireNetConfig, []byte(tc.payload))
 
 			f, err := readRawFrame(conn)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if f.typ != wireErr {
-				t.Errorf("got frame 0x%02x, want ERR (0x31)", f.typ)
+			if tc.wantErr == "" && (f.typ != wireAck || len(f.payload) != 0) {
+				t.Errorf("got frame 0x%02x %q, want an empty ACK", f.typ, f.payload)
 			}
-			if got, want := string(f.payload), "file channel not implemented yet"; got != want {
-				t.Errorf("got error %q, want %q", got, want)
+			if tc.wantErr != "" && (f.typ != wireErr || !strings.Contains(string(f.payload), tc.wantErr)) {
+				t.Errorf("got frame 0x%02x %q, want ERR containing %q", f.typ, f.payload, tc.wantErr)
+			}
+			switch {
+			case tc.want == nil && len(got) != 0:
+				t.Errorf("got hook calls %+v, want none", got)
+			case tc.want != nil && (len(got) != 1 || got[0] != *tc.want):
+				t.Errorf("got hook calls %+v, want one with %+v", got, *tc.want)
 			}
 		})
 	}

@@ -54,7 +54,7 @@ func (s *Server) serveExec(conn net.Conn) {
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		return
 	case err != nil:
-		s.rejectExec(out, ExitProtocolError, fmt.Sprintf("read first frame: %v", err))
+		s.rejectExec(out, &startError{ExitProtocolError, agentproto.ReasonProtocolError, fmt.Sprintf("read first frame: %v", err)})
 		return
 	}
 
@@ -64,14 +64,14 @@ func (s *Server) serveExec(conn net.Conn) {
 	case agentproto.TypeClockSync:
 		s.syncClock(out, f.Payload)
 	default:
-		s.rejectExec(out, ExitProtocolError, fmt.Sprintf("first frame is %s; want START or CLOCK_SYNC", f.Type))
+		s.rejectExec(out, &startError{ExitProtocolError, agentproto.ReasonProtocolError, fmt.Sprintf("first frame is %s; want START or CLOCK_SYNC", f.Type)})
 	}
 }
 
 // rejectExec ends an exec session that runs no command.
-func (s *Server) rejectExec(out *frameWriter, code int32, msg string) {
-	s.log.Warn("exec request rejected", "exit_code", code, "reason", msg)
-	if err := out.fail(code, msg); err != nil {
+func (s *Server) rejectExec(out *frameWriter, serr *startError) {
+	s.log.Warn("exec request rejected", "exit_code", serr.code, "reason", serr.msg)
+	if err := out.fail(serr.code, serr.reason, serr.msg); err != nil {
 		s.log.Debug("write exec rejection", "err", err)
 	}
 }
@@ -79,14 +79,14 @@ func (s *Server) rejectExec(out *frameWriter, code int32, msg string) {
 func (s *Server) syncClock(out *frameWriter, payload []byte) {
 	t, err := agentproto.DecodeClockSync(payload)
 	if err != nil {
-		s.rejectExec(out, ExitProtocolError, err.Error())
+		s.rejectExec(out, &startError{ExitProtocolError, agentproto.ReasonProtocolError, err.Error()})
 		return
 	}
 
 	if !s.allowClockSet {
 		s.log.Info("clock sync skipped: the agent is not a guest init", "time", t)
 	} else if err := s.setClock(t); err != nil {
-		s.rejectExec(out, 1, fmt.Sprintf("set clock to %s: %v", t.UTC().Format(time.RFC3339Nano), err))
+		s.rejectExec(out, &startError{1, agentproto.ReasonExited, fmt.Sprintf("set clock to %s: %v", t.UTC().Format(time.RFC3339Nano), err)})
 		return
 	} else {
 		s.log.Info("clock set", "time", t)
@@ -97,13 +97,18 @@ func (s *Server) syncClock(out *frameWriter, payload []byte) {
 func (s *Server) runStart(conn net.Conn, out *frameWriter, payload []byte) {
 	req, err := agentproto.DecodeStart(payload)
 	if err != nil {
-		s.rejectExec(out, ExitProtocolError, err.Error())
+		out.exitDetail = wantsExitDetail(payload)
+		s.rejectExec(out, &startError{ExitProtocolError, agentproto.ReasonProtocolError, err.Error()})
 		return
+	}
+	out.exitDetail = req.ExitDetail
+	if s.rewriteStart != nil {
+		s.rewriteStart(&req)
 	}
 
 	sess, serr := s.startSession(conn, out, req)
 	if serr != nil {
-		s.rejectExec(out, serr.code, serr.msg)
+		s.rejectExec(out, serr)
 		return
 	}
 	sess.run()
@@ -120,7 +125,7 @@ func (s *Server) startSession(conn net.Conn, out *frameWriter, req agentproto.St
 	sess := &session{srv: s, conn: conn, out: out, req: req, done: make(chan struct{})}
 	stdio, err := sess.openStdio()
 	if err != nil {
-		return nil, &startError{ExitCannotExecute, err.Error()}
+		return nil, &startError{ExitCannotExecute, agentproto.ReasonCannotStart, err.Error()}
 	}
 	// The child's ends are closed here on every path: the child has its
 	// own copies once it runs.
@@ -142,7 +147,11 @@ func (s *Server) startSession(conn net.Conn, out *frameWriter, req agentproto.St
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shuttingDown {
-		return nil, &startError{ExitCannotExecute, "the agent is shutting down; no new commands are started"}
+		return nil, &startError{ExitCannotExecute, agentproto.ReasonRejected, "the agent is shutting down; no new commands are started"}
+	}
+	if len(s.sessions) >= s.maxSessions {
+		return nil, &startError{ExitSessionLimit, agentproto.ReasonRejected, fmt.Sprintf(
+			"too many commands running: the agent runs at most %d at a time; retry when one has ended", s.maxSessions)}
 	}
 	sess.child, serr = forkExec(processReaper(), cmd, stdio, req.TTY)
 	if serr != nil {
@@ -223,8 +232,9 @@ func (sess *session) run() {
 		<-p.done
 	}
 
-	code := sess.exitCode()
-	if err := sess.out.write(agentproto.TypeExit, agentproto.EncodeExit(code)); err != nil {
+	detail := sess.exitDetail()
+	code := detail.ExitCode
+	if err := sess.out.exit(detail); err != nil {
 		sess.srv.log.Debug("write EXIT", "pid", sess.child.pid, "err", err)
 	}
 	sess.srv.log.Info("command exited", "pid", sess.child.pid, "exit_code", code)
@@ -264,17 +274,26 @@ func (sess *session) startTimeout() (stop func()) {
 	}
 }
 
-func (sess *session) exitCode() int32 {
+// exitDetail describes how the command ended. Its exit code is the one
+// EXIT reports.
+func (sess *session) exitDetail() agentproto.ExitDetail {
+	ws := sess.child.status
+	var signal string
+	if sess.child.err == nil && ws.Signaled() {
+		signal = unix.SignalName(ws.Signal())
+	}
 	switch {
 	case sess.timedOut.Load():
-		return ExitTimeout
+		return agentproto.ExitDetail{ExitCode: ExitTimeout, Signal: signal, TimedOut: true, Reason: agentproto.ReasonTimedOut}
 	case sess.protocolError.Load():
-		return ExitProtocolError
+		return agentproto.ExitDetail{ExitCode: ExitProtocolError, Signal: signal, Reason: agentproto.ReasonProtocolError}
 	case sess.child.err != nil:
 		sess.srv.log.Error("exit status lost", "pid", sess.child.pid, "err", sess.child.err)
-		return -1
+		return agentproto.ExitDetail{ExitCode: -1, Reason: agentproto.ReasonExited}
+	case ws.Signaled():
+		return agentproto.ExitDetail{ExitCode: exitCode(ws), Signal: signal, Reason: agentproto.ReasonSignaled}
 	default:
-		return exitCode(sess.child.status)
+		return agentproto.ExitDetail{ExitCode: exitCode(ws), Reason: agentproto.ReasonExited}
 	}
 }
 
@@ -308,8 +327,15 @@ func (sess *session) readFrames() {
 				sess.closeStdin()
 				stdinOpen = sess.master != nil
 			}
+		case agentproto.TypeSignal:
+			sig, err := agentproto.DecodeSignal(f.Payload)
+			if err != nil {
+				sess.abort(err.Error())
+				return
+			}
+			sess.signal(unix.Signal(sig))
 		default:
-			sess.abort(fmt.Sprintf("unexpected %s frame while a command runs; want STDIN, RESIZE or EOF", f.Type))
+			sess.abort(fmt.Sprintf("unexpected %s frame while a command runs; want STDIN, RESIZE, EOF or SIGNAL", f.Type))
 			return
 		}
 	}
@@ -346,6 +372,21 @@ func (sess *session) resize(payload []byte) error {
 		sess.srv.log.Warn("resize terminal", "pid", sess.child.pid, "err", err)
 	}
 	return nil
+}
+
+// signal delivers sig for the host: in terminal mode to the terminal's
+// foreground process group, as a keyboard signal would be, otherwise to
+// the command's process group.
+func (sess *session) signal(sig unix.Signal) {
+	pgid := sess.child.pid
+	if sess.master != nil {
+		if fg, err := foregroundGroup(sess.master); err == nil && fg > 0 {
+			pgid = fg
+		}
+	}
+	if processReaper().signalProcessGroup(sess.child, pgid, sig) {
+		sess.srv.log.Info("signal delivered", "pid", sess.child.pid, "process_group", pgid, "signal", unix.SignalName(sig))
+	}
 }
 
 // abort ends the session after a malformed frame. It writes the reason on

@@ -27,19 +27,33 @@ const sessionDeadline = 60 * time.Second
 // Frame type bytes, written out so that the tests check the wire values
 // rather than trust the constants of agentproto.
 const (
-	wireStart     = 0x01
-	wireStdin     = 0x02
-	wireResize    = 0x03
-	wireEOF       = 0x04
-	wireClockSync = 0x05
-	wireStdout    = 0x10
-	wireStderr    = 0x11
-	wireExit      = 0x12
-	wireReadReq   = 0x23
-	wireAck       = 0x30
-	wireErr       = 0x31
-	wireShutdown  = 0x40
-	wirePing      = 0x41
+	wireStart       = 0x01
+	wireStdin       = 0x02
+	wireResize      = 0x03
+	wireEOF         = 0x04
+	wireClockSync   = 0x05
+	wireStdout      = 0x10
+	wireStderr      = 0x11
+	wireExit        = 0x12
+	wireReadReq     = 0x23
+	wireAck         = 0x30
+	wireErr         = 0x31
+	wireShutdown    = 0x40
+	wirePing        = 0x41
+	wireNetConfig   = 0x42
+	wireSignal      = 0x43
+	wireExitDetail  = 0x44
+	wireWriteReq    = 0x20
+	wireData        = 0x21
+	wireDone        = 0x22
+	wireStat        = 0x45
+	wireList        = 0x46
+	wireMkdir       = 0x47
+	wireRemove      = 0x48
+	wireRename      = 0x49
+	wireFileInfo    = 0x4a
+	wireListEntries = 0x4b
+	wireDigest      = 0x4c
 )
 
 // rawFrame is a frame as read byte by byte from the connection.
@@ -135,6 +149,8 @@ type execResult struct {
 	stdout []byte
 	stderr []byte
 	code   int32
+	// detail is the EXIT_DETAIL payload, nil when none arrived.
+	detail []byte
 }
 
 // collect reads frames until EXIT and checks that EXIT is the last frame.
@@ -159,6 +175,11 @@ func readUntilExit(conn net.Conn) (execResult, error) {
 			res.stdout = append(res.stdout, f.payload...)
 		case wireStderr:
 			res.stderr = append(res.stderr, f.payload...)
+		case wireExitDetail:
+			if res.detail != nil {
+				return res, errors.New("got a second EXIT_DETAIL frame")
+			}
+			res.detail = f.payload
 		case wireExit:
 			if len(f.payload) != 4 {
 				return res, fmt.Errorf("EXIT payload has %d bytes, want 4", len(f.payload))

@@ -69,3 +69,22 @@ func setWinsize(master *os.File, cols, rows uint16) error {
 	}
 	return nil
 }
+
+// foregroundGroup returns the foreground process group of the terminal
+// whose master is given (tcgetpgrp through TIOCGPGRP, which Linux also
+// answers on the master side).
+func foregroundGroup(master *os.File) (int, error) {
+	rc, err := master.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var pgid int
+	var ioctlErr error
+	err = rc.Control(func(fd uintptr) {
+		pgid, ioctlErr = unix.IoctlGetInt(int(fd), unix.TIOCGPGRP)
+	})
+	if err == nil {
+		err = ioctlErr
+	}
+	return pgid, err
+}

@@ -186,13 +186,20 @@ func (r *reaper) childrenRemain() bool {
 // cannot be reused by an unrelated process. It reports whether the signal
 // was sent.
 func (r *reaper) signalGroup(c *child, sig unix.Signal) bool {
+	return r.signalProcessGroup(c, c.pid, sig)
+}
+
+// signalProcessGroup sends sig to process group pgid, a group of c's
+// session, while c has not been reaped. It reports whether the signal was
+// sent.
+func (r *reaper) signalProcessGroup(c *child, pgid int, sig unix.Signal) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 
 	if c.reaped {
 		return false
 	}
-	return unix.Kill(-c.pid, sig) == nil
+	return unix.Kill(-pgid, sig) == nil
 }
 
 // exitCode converts a wait status to the exit code a shell reports:

@@ -33,8 +33,9 @@ type command struct {
 // startError is a failure to start a command: the message the host reads
 // on STDERR and the exit code it gets.
 type startError struct {
-	code int32
-	msg  string
+	code   int32
+	reason string // one of the agentproto.Reason constants
+	msg    string
 }
 
 // prepareCommand resolves the user, environment, working directory and
@@ -49,7 +50,7 @@ func prepareCommand(req agentproto.StartRequest) (*command, *startError) {
 	if req.User != "" {
 		id, err := lookupUser(req.User, passwdFile, groupFile)
 		if err != nil {
-			return nil, &startError{ExitCannotExecute, fmt.Sprintf("run as user %q: %v", req.User, err)}
+			return nil, &startError{ExitCannotExecute, agentproto.ReasonCannotStart, fmt.Sprintf("run as user %q: %v", req.User, err)}
 		}
 		cmd.cred = &syscall.Credential{Uid: id.uid, Gid: id.gid, Groups: id.groups}
 		home = id.home
@@ -57,7 +58,7 @@ func prepareCommand(req agentproto.StartRequest) (*command, *startError) {
 
 	env, err := buildEnv(req, home)
 	if err != nil {
-		return nil, &startError{ExitProtocolError, err.Error()}
+		return nil, &startError{ExitProtocolError, agentproto.ReasonProtocolError, err.Error()}
 	}
 	cmd.env = env
 
@@ -112,10 +113,10 @@ func envValue(env []string, key string) string {
 func checkWorkingDir(dir string) *startError {
 	info, err := os.Stat(dir)
 	if err != nil {
-		return &startError{ExitCannotExecute, fmt.Sprintf("working directory %q: %v", dir, unwrapPathError(err))}
+		return &startError{ExitCannotExecute, agentproto.ReasonCannotStart, fmt.Sprintf("working directory %q: %v", dir, unwrapPathError(err))}
 	}
 	if !info.IsDir() {
-		return &startError{ExitCannotExecute, fmt.Sprintf("working directory %q: not a directory", dir)}
+		return &startError{ExitCannotExecute, agentproto.ReasonCannotStart, fmt.Sprintf("working directory %q: not a directory", dir)}
 	}
 	return nil
 }
@@ -154,7 +155,7 @@ func lookPath(file, pathEnv, dir string) (string, *startError) {
 	if nonExecutable != "" {
 		return nonExecutable, nil
 	}
-	return "", &startError{ExitNotFound, fmt.Sprintf("%s: command not found", file)}
+	return "", &startError{ExitNotFound, agentproto.ReasonNotFound, fmt.Sprintf("%s: command not found", file)}
 }
 
 // forkExec starts cmd through the reaper with stdio as its descriptors
@@ -197,14 +198,14 @@ func execError(name string, err error) *startError {
 	if errors.As(err, &errno) {
 		switch errno {
 		case syscall.ENOENT:
-			return &startError{ExitNotFound, fmt.Sprintf("%s: no such file or directory", name)}
+			return &startError{ExitNotFound, agentproto.ReasonNotFound, fmt.Sprintf("%s: no such file or directory", name)}
 		case syscall.EACCES, syscall.EPERM:
-			return &startError{ExitCannotExecute, fmt.Sprintf("%s: permission denied", name)}
+			return &startError{ExitCannotExecute, agentproto.ReasonCannotStart, fmt.Sprintf("%s: permission denied", name)}
 		case syscall.ENOEXEC:
-			return &startError{ExitCannotExecute, fmt.Sprintf("%s: exec format error", name)}
+			return &startError{ExitCannotExecute, agentproto.ReasonCannotStart, fmt.Sprintf("%s: exec format error", name)}
 		}
 	}
-	return &startError{ExitCannotExecute, fmt.Sprintf("%s: cannot execute: %v", name, err)}
+	return &startError{ExitCannotExecute, agentproto.ReasonCannotStart, fmt.Sprintf("%s: cannot execute: %v", name, err)}
 }
 
 func unwrapPathError(err error) error {

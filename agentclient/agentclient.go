@@ -1,7 +1,9 @@
 // Package agentclient is the host side of hearth-agent's sessions: it runs
-// a command over an exec stream (agent port 52) and sends control requests
-// (port 54). It works on any net.Conn that already reached the agent port,
-// so it is the same for every transport in package agentlink.
+// a command over an exec stream (agent port 52), transfers and manages
+// files over file streams (port 53) and sends control requests (port 54).
+// Every function takes a net.Conn that already reached the agent port,
+// serves one request on it and closes it, so the package is the same for
+// every transport in package agentlink.
 package agentclient
 
 import (
@@ -12,6 +14,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hearthvm/hearth/agentproto"
@@ -22,12 +25,30 @@ const stdinChunk = 32 << 10
 
 // ExecIO carries the streams of one command. Nil writers discard output; a
 // nil Stdin sends EOF at once. Resize, when set, delivers terminal size
-// changes for a TTY session.
+// changes for a TTY session. Signals, when set, delivers signals to the
+// command's process group, or in a TTY session to the terminal's
+// foreground process group.
 type ExecIO struct {
-	Stdin  io.Reader
-	Stdout io.Writer
-	Stderr io.Writer
-	Resize <-chan TerminalSize
+	Stdin   io.Reader
+	Stdout  io.Writer
+	Stderr  io.Writer
+	Resize  <-chan TerminalSize
+	Signals <-chan syscall.Signal
+}
+
+// Result describes the end of a command.
+type Result struct {
+	// Code is the exit code: the exit status, 128+N for a command killed
+	// by signal N, 124 after timeout_seconds, or the agent's codes 125
+	// (rejected request), 126 (cannot start) and 127 (not found).
+	Code int32
+	// Signal names the signal that killed the command, such as
+	// "SIGKILL"; empty when it exited on its own.
+	Signal   string
+	TimedOut bool
+	// Reason is one of the agentproto.Reason constants, or empty when
+	// the agent sent no EXIT_DETAIL.
+	Reason string
 }
 
 // TerminalSize is a terminal's size in columns and rows.
@@ -36,15 +57,16 @@ type TerminalSize struct {
 }
 
 // Exec runs req on conn, an open stream to the agent's exec port, and
-// returns the command's exit code. It closes conn before returning. When
-// ctx ends first, conn is closed, which makes the agent kill the command,
-// and ctx's error is returned.
-func Exec(ctx context.Context, conn net.Conn, req agentproto.StartRequest, stdio ExecIO) (int32, error) {
+// returns how the command ended. It sets exit_detail in START. It
+// closes conn before returning. When ctx ends first, conn is closed,
+// which makes the agent kill the command, and ctx's error is returned.
+func Exec(ctx context.Context, conn net.Conn, req agentproto.StartRequest, stdio ExecIO) (Result, error) {
 	defer conn.Close()
 
+	req.ExitDetail = true
 	start, err := json.Marshal(req)
 	if err != nil {
-		return 0, fmt.Errorf("encode START: %w", err)
+		return Result{}, fmt.Errorf("encode START: %w", err)
 	}
 	var wmu sync.Mutex
 	send := func(t agentproto.FrameType, payload []byte) error {
@@ -53,7 +75,7 @@ func Exec(ctx context.Context, conn net.Conn, req agentproto.StartRequest, stdio
 		return agentproto.WriteFrame(conn, t, payload)
 	}
 	if err := send(agentproto.TypeStart, start); err != nil {
-		return 0, fmt.Errorf("send START: %w", err)
+		return Result{}, fmt.Errorf("send START: %w", err)
 	}
 
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
@@ -65,12 +87,15 @@ func Exec(ctx context.Context, conn net.Conn, req agentproto.StartRequest, stdio
 	if stdio.Resize != nil {
 		go forwardResize(stdio.Resize, send, inputDone)
 	}
-
-	code, err := readOutput(conn, stdio.Stdout, stdio.Stderr)
-	if err != nil && ctx.Err() != nil {
-		return 0, ctx.Err()
+	if stdio.Signals != nil {
+		go forwardSignals(stdio.Signals, send, inputDone)
 	}
-	return code, err
+
+	res, err := readOutput(conn, stdio.Stdout, stdio.Stderr)
+	if err != nil && ctx.Err() != nil {
+		return Result{}, ctx.Err()
+	}
+	return res, err
 }
 
 // forwardStdin copies stdin as STDIN frames and sends EOF when it ends.
@@ -118,35 +143,69 @@ func forwardResize(sizes <-chan TerminalSize, send func(agentproto.FrameType, []
 	}
 }
 
+func forwardSignals(signals <-chan syscall.Signal, send func(agentproto.FrameType, []byte) error, done <-chan struct{}) {
+	for {
+		select {
+		case <-done:
+			return
+		case sig, ok := <-signals:
+			if !ok {
+				return
+			}
+			if send(agentproto.TypeSignal, agentproto.EncodeSignal(uint32(sig))) != nil {
+				return
+			}
+		}
+	}
+}
+
 // readOutput copies STDOUT and STDERR frames until EXIT.
-func readOutput(r io.Reader, stdout, stderr io.Writer) (int32, error) {
+func readOutput(r io.Reader, stdout, stderr io.Writer) (Result, error) {
 	if stdout == nil {
 		stdout = io.Discard
 	}
 	if stderr == nil {
 		stderr = io.Discard
 	}
+	var detail *agentproto.ExitDetail
 	for {
 		f, err := agentproto.ReadFrame(r)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				return 0, errors.New("agent closed the exec session before EXIT")
+				return Result{}, errors.New("agent closed the exec session before EXIT")
 			}
-			return 0, fmt.Errorf("read exec output: %w", err)
+			return Result{}, fmt.Errorf("read exec output: %w", err)
 		}
 		switch f.Type {
 		case agentproto.TypeStdout:
 			if _, err := stdout.Write(f.Payload); err != nil {
-				return 0, fmt.Errorf("write stdout: %w", err)
+				return Result{}, fmt.Errorf("write stdout: %w", err)
 			}
 		case agentproto.TypeStderr:
 			if _, err := stderr.Write(f.Payload); err != nil {
-				return 0, fmt.Errorf("write stderr: %w", err)
+				return Result{}, fmt.Errorf("write stderr: %w", err)
 			}
+		case agentproto.TypeExitDetail:
+			var d agentproto.ExitDetail
+			if err := json.Unmarshal(f.Payload, &d); err != nil {
+				return Result{}, fmt.Errorf("invalid EXIT_DETAIL payload: %w", err)
+			}
+			detail = &d
 		case agentproto.TypeExit:
-			return agentproto.DecodeExit(f.Payload)
+			code, err := agentproto.DecodeExit(f.Payload)
+			if err != nil {
+				return Result{}, err
+			}
+			res := Result{Code: code}
+			if detail != nil {
+				if detail.ExitCode != code {
+					return Result{}, fmt.Errorf("agent sent EXIT_DETAIL with exit code %d but EXIT with %d", detail.ExitCode, code)
+				}
+				res.Signal, res.TimedOut, res.Reason = detail.Signal, detail.TimedOut, detail.Reason
+			}
+			return res, nil
 		default:
-			return 0, fmt.Errorf("unexpected frame %s in exec session", f.Type)
+			return Result{}, fmt.Errorf("unexpected frame %s in exec session", f.Type)
 		}
 	}
 }
@@ -168,6 +227,18 @@ func Shutdown(ctx context.Context, conn net.Conn, grace time.Duration) error {
 	return control(ctx, conn, agentproto.TypeShutdown, payload)
 }
 
+// ConfigureNetwork requests that the agent of a guest replace the
+// address of an interface, its default route and its neighbour cache, for a clone
+// restored from a snapshot. An agent that is not a guest's init rejects
+// it. It closes conn, an open stream to the control port.
+func ConfigureNetwork(ctx context.Context, conn net.Conn, req agentproto.NetConfigRequest) error {
+	payload, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	return control(ctx, conn, agentproto.TypeNetConfig, payload)
+}
+
 // ClockSync sets the guest's wall clock to t over an exec-port stream and
 // closes conn.
 func ClockSync(ctx context.Context, conn net.Conn, t time.Time) error {
@@ -177,12 +248,12 @@ func ClockSync(ctx context.Context, conn net.Conn, t time.Time) error {
 	if err := agentproto.WriteFrame(conn, agentproto.TypeClockSync, agentproto.EncodeClockSync(t)); err != nil {
 		return fmt.Errorf("send CLOCK_SYNC: %w", err)
 	}
-	code, err := readOutput(conn, nil, nil)
+	res, err := readOutput(conn, nil, nil)
 	if err != nil {
 		return fmt.Errorf("clock sync: %w", err)
 	}
-	if code != 0 {
-		return fmt.Errorf("clock sync: agent answered exit code %d", code)
+	if res.Code != 0 {
+		return fmt.Errorf("clock sync: agent answered exit code %d", res.Code)
 	}
 	return nil
 }

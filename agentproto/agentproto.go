@@ -7,7 +7,20 @@
 // The frame layout and the frame types below 0x40 are byte-compatible with
 // the reference agent of arcbox-vm. Types from 0x40 upward are hearth
 // additions; the agent sends one only in answer to a request that only a
-// hearth host makes, so a reference host never receives one.
+// hearth host makes (a hearth frame type, or an optional request field
+// that a reference host never sets), so a reference host never receives
+// one. The additions:
+//
+//   - control port: NETCONFIG (0x42), answered by ACK or ERR;
+//   - exec port: SIGNAL (0x43) from the host while a command runs, and
+//     EXIT_DETAIL (0x44) just before EXIT when START sets exit_detail;
+//   - file port: STAT (0x45), LIST (0x46), MKDIR (0x47), REMOVE (0x48)
+//     and RENAME (0x49) requests, answered by FILE_INFO (0x4a), a stream
+//     of LIST_ENTRIES (0x4b) frames ended by DONE, or ACK, each or ERR;
+//     DIGEST (0x4c) carries the size and SHA-256 of a transfer, sent by
+//     the host before DONE of a write and by the agent after DONE of a
+//     read whose READ_REQ sets digest; WRITE_REQ takes the optional
+//     fields uid, gid, size, sha256 and mkdirs.
 //
 // The package owns encoding and decoding only; it opens no connections.
 package agentproto
@@ -53,8 +66,27 @@ const (
 
 // Control channel frame types (hearth additions, port 54).
 const (
-	TypeShutdown FrameType = 0x40 // host → agent, JSON ShutdownRequest; answered by ACK
-	TypePing     FrameType = 0x41 // host → agent, empty; answered by ACK
+	TypeShutdown  FrameType = 0x40 // host → agent, JSON ShutdownRequest; answered by ACK
+	TypePing      FrameType = 0x41 // host → agent, empty; answered by ACK
+	TypeNetConfig FrameType = 0x42 // host → agent, JSON NetConfigRequest; answered by ACK
+)
+
+// Exec channel frame types (hearth additions, port 52).
+const (
+	TypeSignal     FrameType = 0x43 // host → agent, [signal number u32 LE]
+	TypeExitDetail FrameType = 0x44 // agent → host, JSON ExitDetail, just before EXIT
+)
+
+// File channel frame types (hearth additions, port 53).
+const (
+	TypeStat        FrameType = 0x45 // host → agent, JSON PathRequest; answered by FILE_INFO
+	TypeList        FrameType = 0x46 // host → agent, JSON PathRequest; answered by LIST_ENTRIES…, DONE
+	TypeMkdir       FrameType = 0x47 // host → agent, JSON MkdirRequest; answered by ACK
+	TypeRemove      FrameType = 0x48 // host → agent, JSON RemoveRequest; answered by ACK
+	TypeRename      FrameType = 0x49 // host → agent, JSON RenameRequest; answered by ACK
+	TypeFileInfo    FrameType = 0x4a // agent → host, JSON FileInfo
+	TypeListEntries FrameType = 0x4b // agent → host, JSON array of FileInfo
+	TypeDigest      FrameType = 0x4c // both, JSON Digest of the bytes sent
 )
 
 // HeaderSize is the size of a frame header: one type byte and a
@@ -87,6 +119,18 @@ var typeNames = map[FrameType]string{
 	TypeStderr: "STDERR", TypeExit: "EXIT", TypeWriteReq: "WRITE_REQ",
 	TypeData: "DATA", TypeDone: "DONE", TypeReadReq: "READ_REQ",
 	TypeAck: "ACK", TypeErr: "ERR", TypeShutdown: "SHUTDOWN", TypePing: "PING",
+	TypeNetConfig: "NETCONFIG", TypeSignal: "SIGNAL", TypeExitDetail: "EXIT_DETAIL",
+	TypeStat: "STAT", TypeList: "LIST", TypeMkdir: "MKDIR", TypeRemove: "REMOVE",
+	TypeRename: "RENAME", TypeFileInfo: "FILE_INFO", TypeListEntries: "LIST_ENTRIES",
+	TypeDigest: "DIGEST",
+}
+
+// PutHeader writes the header of a frame of type t with an n-byte payload
+// into b[:HeaderSize]. Together with a single Write of header and payload
+// it lets a sender reuse one buffer for every frame.
+func PutHeader(b []byte, t FrameType, n int) {
+	b[0] = byte(t)
+	binary.LittleEndian.PutUint32(b[1:HeaderSize], uint32(n))
 }
 
 // AppendFrame appends the encoding of one frame to dst.
@@ -110,13 +154,9 @@ func WriteFrame(w io.Writer, t FrameType, payload []byte) error {
 // cleanly before the first header byte, and io.ErrUnexpectedEOF when it
 // ends inside a frame.
 func ReadFrame(r io.Reader) (Frame, error) {
-	var hdr [HeaderSize]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	t, n, err := ReadHeader(r)
+	if err != nil {
 		return Frame{}, err
-	}
-	n := binary.LittleEndian.Uint32(hdr[1:])
-	if n > MaxPayload {
-		return Frame{}, fmt.Errorf("%w: type %s, length %d", ErrPayloadTooLarge, FrameType(hdr[0]), n)
 	}
 	payload := make([]byte, n)
 	if _, err := io.ReadFull(r, payload); err != nil {
@@ -125,5 +165,22 @@ func ReadFrame(r io.Reader) (Frame, error) {
 		}
 		return Frame{}, err
 	}
-	return Frame{Type: FrameType(hdr[0]), Payload: payload}, nil
+	return Frame{Type: t, Payload: payload}, nil
+}
+
+// ReadHeader reads one frame header and returns the frame type and the
+// payload length, which it checks against MaxPayload. The caller then
+// reads exactly n payload bytes, for example with io.CopyN, which lets
+// it stream a DATA payload without holding it in memory. Its errors are
+// those of ReadFrame.
+func ReadHeader(r io.Reader) (t FrameType, n int, err error) {
+	var hdr [HeaderSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, 0, err
+	}
+	length := binary.LittleEndian.Uint32(hdr[1:])
+	if length > MaxPayload {
+		return 0, 0, fmt.Errorf("%w: type %s, length %d", ErrPayloadTooLarge, FrameType(hdr[0]), length)
+	}
+	return FrameType(hdr[0]), int(length), nil
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -24,6 +26,10 @@ type StartRequest struct {
 	TTYWidth       uint16            `json:"tty_width,omitempty"`
 	TTYHeight      uint16            `json:"tty_height,omitempty"`
 	TimeoutSeconds uint32            `json:"timeout_seconds,omitempty"`
+
+	// ExitDetail asks the agent to send EXIT_DETAIL just before EXIT
+	// (hearth addition; a reference host never sets it).
+	ExitDetail bool `json:"exit_detail,omitempty"`
 }
 
 // DecodeStart parses and validates a START payload.
@@ -90,17 +96,6 @@ func DecodeClockSync(payload []byte) (time.Time, error) {
 	return time.Unix(sec, int64(nsec)), nil
 }
 
-// WriteRequest is the JSON payload of WRITE_REQ.
-type WriteRequest struct {
-	Path string `json:"path"`
-	Mode uint32 `json:"mode"`
-}
-
-// ReadRequest is the JSON payload of READ_REQ.
-type ReadRequest struct {
-	Path string `json:"path"`
-}
-
 // ShutdownRequest is the JSON payload of SHUTDOWN. The agent ends its
 // workloads, syncs and unmounts filesystems, then reboots the guest, which
 // is what makes both Firecracker (with reboot=k) and QEMU (with -no-reboot)
@@ -108,4 +103,106 @@ type ReadRequest struct {
 type ShutdownRequest struct {
 	// GraceMillis is how long workloads get after SIGTERM before SIGKILL.
 	GraceMillis uint32 `json:"grace_ms,omitempty"`
+}
+
+// NetConfigRequest is the JSON payload of NETCONFIG: the IPv4 address a
+// restored clone takes over from its snapshot's.
+type NetConfigRequest struct {
+	// Address is the interface's new address with its prefix length,
+	// such as "172.20.0.7/16".
+	Address string `json:"address"`
+	// Gateway is the next hop of the default route. Empty means no
+	// default route.
+	Gateway string `json:"gateway,omitempty"`
+	// Interface is the interface to configure; empty means eth0.
+	Interface string `json:"interface,omitempty"`
+}
+
+// DefaultInterface is the interface NETCONFIG configures when the request
+// names none.
+const DefaultInterface = "eth0"
+
+// NetConfig is a validated NETCONFIG request.
+type NetConfig struct {
+	Interface string
+	Address   netip.Prefix
+	Gateway   netip.Addr // invalid (zero) when there is no default route
+}
+
+// DecodeNetConfig parses and validates a NETCONFIG payload. Address and
+// gateway must be IPv4, and the gateway must lie inside the address's
+// subnet.
+func DecodeNetConfig(payload []byte) (NetConfig, error) {
+	var req NetConfigRequest
+	if err := json.Unmarshal(payload, &req); err != nil {
+		return NetConfig{}, fmt.Errorf("invalid NETCONFIG payload: %w", err)
+	}
+	cfg := NetConfig{Interface: req.Interface}
+	if cfg.Interface == "" {
+		cfg.Interface = DefaultInterface
+	}
+	if len(cfg.Interface) > 15 || strings.ContainsAny(cfg.Interface, "/ \x00") {
+		return NetConfig{}, fmt.Errorf("invalid NETCONFIG payload: interface name %q is not a valid Linux interface name", cfg.Interface)
+	}
+
+	prefix, err := netip.ParsePrefix(req.Address)
+	if err != nil || !prefix.Addr().Is4() {
+		return NetConfig{}, fmt.Errorf("invalid NETCONFIG payload: address %q is not an IPv4 address with a prefix length such as 172.20.0.7/16", req.Address)
+	}
+	cfg.Address = prefix
+
+	if req.Gateway != "" {
+		gw, err := netip.ParseAddr(req.Gateway)
+		if err != nil || !gw.Is4() {
+			return NetConfig{}, fmt.Errorf("invalid NETCONFIG payload: gateway %q is not an IPv4 address", req.Gateway)
+		}
+		if !prefix.Masked().Contains(gw) {
+			return NetConfig{}, fmt.Errorf("invalid NETCONFIG payload: gateway %s is outside the subnet %s", gw, prefix.Masked())
+		}
+		cfg.Gateway = gw
+	}
+	return cfg, nil
+}
+
+// EncodeSignal encodes a SIGNAL payload.
+func EncodeSignal(signal uint32) []byte {
+	return binary.LittleEndian.AppendUint32(nil, signal)
+}
+
+// MaxSignal is the highest Linux signal number (SIGRTMAX).
+const MaxSignal = 64
+
+// DecodeSignal parses a SIGNAL payload: a signal number from 1 to 64.
+func DecodeSignal(payload []byte) (uint32, error) {
+	if len(payload) != 4 {
+		return 0, fmt.Errorf("invalid SIGNAL payload: %d bytes, want 4", len(payload))
+	}
+	sig := binary.LittleEndian.Uint32(payload)
+	if sig == 0 || sig > MaxSignal {
+		return 0, fmt.Errorf("invalid SIGNAL payload: signal number %d out of range 1-%d", sig, MaxSignal)
+	}
+	return sig, nil
+}
+
+// Reasons an exec session ended, as EXIT_DETAIL reports them.
+const (
+	ReasonExited        = "exited"         // the command exited on its own
+	ReasonSignaled      = "signaled"       // a signal killed the command
+	ReasonTimedOut      = "timed out"      // timeout_seconds expired; the agent killed it
+	ReasonCannotStart   = "cannot start"   // the command exists but could not be started
+	ReasonNotFound      = "not found"      // the command does not exist
+	ReasonProtocolError = "protocol error" // the host sent a malformed frame
+	ReasonRejected      = "rejected"       // the agent ran nothing: session limit or shutdown
+)
+
+// ExitDetail is the JSON payload of EXIT_DETAIL. ExitCode always equals
+// the code of the EXIT frame that follows.
+type ExitDetail struct {
+	ExitCode int32 `json:"exit_code"`
+	// Signal names the signal that killed the command, such as
+	// "SIGKILL"; empty when the command exited on its own.
+	Signal   string `json:"signal,omitempty"`
+	TimedOut bool   `json:"timed_out,omitempty"`
+	// Reason is one of the Reason constants.
+	Reason string `json:"reason"`
 }

@@ -376,7 +376,7 @@ func (sb *Sandbox) configureGuestNetwork(ctx context.Context, machine vmm.Machin
 	}
 	ones, _ := lease.Netmask.Size()
 	addr := fmt.Sprintf("%s/%d", lease.IP, ones)
-	if err := configureNetwork(ctx, conn, addr, lease.Gateway.String()); err != nil {
+	if err := agentclient.ConfigureNetwork(ctx, conn, agentproto.NetConfigRequest{Address: addr, Gateway: lease.Gateway.String()}); err != nil {
 		return fmt.Errorf("apply address %s in restored guest: %w", addr, err)
 	}
 	return nil

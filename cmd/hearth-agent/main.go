@@ -53,7 +53,11 @@ func runGuest() {
 		return
 	}
 
-	srv := agent.NewServer(agent.Options{AllowClockSet: true, Shutdown: guestinit.Shutdown})
+	srv := agent.NewServer(agent.Options{
+		AllowClockSet:    true,
+		Shutdown:         guestinit.Shutdown,
+		ConfigureNetwork: agent.ConfigureInterface,
+	})
 	err = serveGuest(ctx, cfg, srv.HandleConn)
 	slog.Error("agent transport stopped; rebooting the guest", "transport", cfg.Transport, "err", err)
 	guestinit.Shutdown()
