@@ -6,6 +6,7 @@ import (
 
 	"github.com/hearthvm/hearth/agentproto"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // ConfigureInterface gives an interface of the current network namespace
@@ -18,7 +19,7 @@ import (
 // It changes the machine's network, so only a guest init installs it as
 // Options.ConfigureNetwork.
 func ConfigureInterface(cfg agentproto.NetConfig) error {
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
