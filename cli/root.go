@@ -1,10 +1,15 @@
-// Package cli implements the hearth command line. Each verb parses its
-// flags and calls the sandbox manager; no lifecycle logic lives here.
+// Package cli implements the hearth command line. `hearth serve` runs the
+// daemon, and the other verbs are clients of its gRPC API (client.go).
+// Only `hearth run` runs an in-process sandbox manager instead when no
+// daemon is listening. Each verb parses its flags and makes its calls, so
+// no lifecycle logic lives here.
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -26,11 +31,22 @@ type globalOptions struct {
 	dataDir  string
 	assets   string
 	logLevel string
+
+	// hostFlag is --host; host() falls back to HEARTH_HOST and the
+	// default socket.
+	hostFlag  string
+	tlsCA     string
+	tokenFile string
 }
 
 // Main runs the CLI with args (without the program name) and returns the
 // process exit code.
 func Main(args []string) int {
+	return execute(context.Background(), args, os.Stdin, os.Stdout, os.Stderr)
+}
+
+// execute is Main with its context and standard input and output given.
+func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var g globalOptions
 	root := &cobra.Command{
 		Use:           "hearth",
@@ -48,11 +64,37 @@ func Main(args []string) int {
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("HEARTH_LOG_LEVEL", "warn"),
 		"log level: debug, info, warn or error (env HEARTH_LOG_LEVEL)")
 
-	root.AddCommand(newRunCommand(&g))
-	root.AddCommand(newServeCommand(&g))
+	root.PersistentFlags().StringVarP(&g.hostFlag, "host", "H", "",
+		"daemon address: unix:///path/to/socket or tcp://host:port (env HEARTH_HOST; default "+defaultHost+")")
+	root.PersistentFlags().StringVar(&g.tlsCA, "tls-ca", envOr("HEARTH_TLS_CA", ""),
+		"PEM CA certificate to verify a tcp:// daemon with (env HEARTH_TLS_CA)")
+	root.PersistentFlags().StringVar(&g.tokenFile, "token-file", envOr("HEARTH_TOKEN_FILE", ""),
+		"file containing the bearer token of a tcp:// daemon (env HEARTH_TOKEN_FILE, or the token itself in HEARTH_TOKEN)")
+
+	root.AddCommand(
+		newRunCommand(&g),
+		newServeCommand(&g),
+		newCreateCommand(&g),
+		newListCommand(&g),
+		newInspectCommand(&g),
+		newExecCommand(&g),
+		newStopCommand(&g),
+		newRemoveCommand(&g),
+		newEventsCommand(&g),
+		newTTLCommand(&g),
+		newCheckpointCommand(&g),
+		newRestoreCommand(&g),
+		newSnapshotsCommand(&g),
+		newPauseCommand(&g),
+		newResumeCommand(&g),
+	)
+	root.AddCommand(newDoctorCommand(&g))
 
 	root.SetArgs(args)
-	err := root.Execute()
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
 	var exit exitCodeError
 	switch {
 	case err == nil:
@@ -60,7 +102,7 @@ func Main(args []string) int {
 	case errors.As(err, &exit):
 		return exit.code
 	default:
-		fmt.Fprintln(os.Stderr, "hearth:", err)
+		fmt.Fprintln(stderr, "hearth:", err)
 		return exitUsage
 	}
 }

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/hearthvm/hearth/agentclient"
 	"github.com/hearthvm/hearth/agentproto"
+	"github.com/hearthvm/hearth/api/sandboxv1"
 	"github.com/hearthvm/hearth/sandbox"
 )
 
@@ -25,6 +28,7 @@ type runOptions struct {
 	workdir   string
 	user      string
 	timeout   time.Duration
+	local     bool
 }
 
 func newRunCommand(g *globalOptions) *cobra.Command {
@@ -34,17 +38,23 @@ func newRunCommand(g *globalOptions) *cobra.Command {
 		Short: "Create a sandbox, run one command in it, and remove it",
 		Long: `Create a sandbox, run one command in it with its output streamed to this
 terminal, remove the sandbox, and exit with the command's exit code.
-Errors of hearth itself exit with 125.`,
+Errors of hearth itself exit with 125.
+
+The sandbox is created by the daemon at --host, HEARTH_HOST or the default
+socket. When no address is given and no daemon listens on the default
+socket, or with --local, hearth runs the sandbox itself, in this process,
+which needs root.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runOnce(cmd.Context(), g, o, args)
+			return runOnce(cmd, g, o, args)
 		},
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.vcpus, "vcpus", 0, "number of virtual CPUs (default 1)")
 	f.IntVar(&o.memoryMiB, "memory", 0, "guest memory in MiB (default 256)")
 	f.StringVar(&o.network, "network", sandbox.NetworkTAP, "network mode: tap (own TAP and address) or none")
-	f.StringVar(&o.driver, "driver", "auto", "VMM driver: auto or qemu")
+	f.StringVar(&o.driver, "driver", "auto", "VMM driver of an in-process run: auto or qemu")
+	f.BoolVar(&o.local, "local", false, "run the sandbox in this process even when a daemon is listening")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE for the command (repeatable)")
 	f.StringVarP(&o.workdir, "workdir", "w", "", "working directory of the command in the guest")
 	f.StringVarP(&o.user, "user", "u", "", "user to run the command as: name, uid or uid:gid")
@@ -52,20 +62,82 @@ Errors of hearth itself exit with 125.`,
 	return cmd
 }
 
-func runOnce(ctx context.Context, g *globalOptions, o runOptions, argv []string) error {
+// runOnce runs argv through the daemon when one is listening, else in
+// process. An address given with --host or HEARTH_HOST must be
+// listening, so a run meant for a remote daemon never starts a VM here.
+func runOnce(cmd *cobra.Command, g *globalOptions, o runOptions, argv []string) error {
 	env, err := parseEnv(o.env)
 	if err != nil {
 		return err
 	}
+	// Ctrl-C or SIGTERM cancels the command; the sandbox is removed
+	// either way.
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if o.local {
+		return runLocal(ctx, g, o, env, argv)
+	}
+
+	addr, explicit, err := g.host()
+	if err != nil {
+		return err
+	}
+	c, err := dial(ctx, addr, g)
+	if errors.Is(err, errNoDaemon) && !explicit {
+		slog.Debug("no daemon is listening; running the sandbox in process", "host", addr.String())
+		return runLocal(ctx, g, o, env, argv)
+	}
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if cmd.Flag("driver").Changed {
+		return fmt.Errorf("--driver applies only to an in-process run, but the daemon at %s is listening; set [hearth].driver in its configuration, or pass --local",
+			addr)
+	}
+	return runThroughDaemon(ctx, cmd, c, o, env, argv)
+}
+
+// runThroughDaemon creates a sandbox on the daemon, runs argv in it and
+// removes it, also when the run fails or is interrupted.
+func runThroughDaemon(ctx context.Context, cmd *cobra.Command, c *daemonClient, o runOptions, env map[string]string, argv []string) error {
+	if o.vcpus < 0 || o.memoryMiB < 0 {
+		return errors.New("--vcpus and --memory must not be negative; leave them 0 for the daemon's defaults")
+	}
+	created, err := c.sandbox.Create(ctx, &sandboxv1.CreateSandboxRequest{
+		Limits:  &sandboxv1.ResourceLimits{Vcpus: uint32(o.vcpus), MemoryMib: uint64(o.memoryMiB)},
+		Network: &sandboxv1.NetworkSpec{Mode: o.network},
+	})
+	if err != nil {
+		return fromRPC(err)
+	}
+	id := created.GetId()
+	defer func() {
+		// The removal must run after Ctrl-C too, so it gets a context of
+		// its own.
+		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if _, err := c.sandbox.Remove(cleanup, &sandboxv1.RemoveSandboxRequest{Id: id, Force: true}); err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "hearth: remove sandbox %s: %v\n", id, fromRPC(err))
+		}
+	}()
+
+	code, err := runRemote(ctx, c, &sandboxv1.RunRequest{
+		Id: id, Cmd: argv, Env: env, WorkingDir: o.workdir, User: o.user,
+		TimeoutSeconds: uint32((o.timeout + time.Second - 1) / time.Second),
+	}, cmd.OutOrStdout(), cmd.ErrOrStderr())
+	if err != nil {
+		return fmt.Errorf("run in sandbox %s: %w", id, err)
+	}
+	return exitStatus(code, nil)
+}
+
+// runLocal runs argv in a sandbox of an in-process manager.
+func runLocal(ctx context.Context, g *globalOptions, o runOptions, env map[string]string, argv []string) error {
 	mgr, err := newManager(g, o.driver)
 	if err != nil {
 		return err
 	}
-
-	// Ctrl-C or SIGTERM cancels the command; the sandbox is removed
-	// either way.
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
 
 	info, err := mgr.Create(ctx, sandbox.CreateOptions{
 		VCPUs: o.vcpus, MemoryMiB: o.memoryMiB, Network: o.network,

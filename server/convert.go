@@ -130,22 +130,43 @@ func sandboxEvent(ev sandbox.Event) *sandboxv1.SandboxEvent {
 	}
 }
 
-// validState reports whether s is a state a List filter may name.
+func snapshotSummary(snap sandbox.SnapshotInfo) *sandboxv1.SnapshotSummary {
+	return &sandboxv1.SnapshotSummary{
+		Id:          snap.ID,
+		SandboxId:   snap.SandboxID,
+		Name:        snap.Name,
+		Labels:      snap.Labels,
+		SnapshotDir: snap.Dir,
+		CreatedAt:   rfc3339(snap.CreatedAt),
+	}
+}
+
+// rfc3339 formats a snapshot timestamp as the API sends it: RFC 3339 in
+// UTC with the fraction of a second, so that two snapshots taken within
+// one second still sort by time.
+func rfc3339(t time.Time) string {
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// validState reports whether s is a state a List filter may name: the
+// contract's states and hearth's paused.
 func validState(s string) bool {
 	switch sandbox.State(s) {
 	case sandbox.StateStarting, sandbox.StateReady, sandbox.StateRunning,
-		sandbox.StateStopping, sandbox.StateStopped, sandbox.StateFailed:
+		sandbox.StateStopping, sandbox.StateStopped, sandbox.StateFailed, sandbox.StatePaused:
 		return true
 	}
 	return false
 }
 
 // validAction reports whether a is an event action an Events filter may
-// name.
+// name: the contract's actions and hearth's checkpointed, paused and
+// resumed.
 func validAction(a string) bool {
 	switch a {
 	case sandbox.ActionCreated, sandbox.ActionReady, sandbox.ActionRunning, sandbox.ActionIdle,
-		sandbox.ActionStopping, sandbox.ActionStopped, sandbox.ActionFailed, sandbox.ActionRemoved:
+		sandbox.ActionStopping, sandbox.ActionStopped, sandbox.ActionFailed, sandbox.ActionRemoved,
+		sandbox.ActionCheckpointed, sandbox.ActionPaused, sandbox.ActionResumed:
 		return true
 	}
 	return false

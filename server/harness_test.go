@@ -16,30 +16,27 @@ import (
 	"github.com/hearthvm/hearth/sandbox"
 	"github.com/hearthvm/hearth/server"
 	"github.com/hearthvm/hearth/server/servertest"
+	"github.com/hearthvm/hearth/vmm"
 )
 
 // harness is an in-process API server over a bufconn listener.
 type harness struct {
 	mgr     *sandbox.Manager
-	driver  *servertest.FakeDriver
 	client  sandboxv1.SandboxServiceClient
 	snaps   sandboxv1.SandboxSnapshotServiceClient
 	control sandboxv1.SandboxControlServiceClient
 }
 
 type harnessOptions struct {
-	server       server.Options
-	driver       *servertest.FakeDriver
+	server server.Options
+	// driver boots the sandboxes; nil means a servertest.FakeDriver.
+	driver       vmm.Driver
 	interceptors []grpc.StreamServerInterceptor
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
 	t.Helper()
-	driver := opts.driver
-	if driver == nil {
-		driver = &servertest.FakeDriver{}
-	}
-	mgr := servertest.NewManager(t, driver)
+	mgr := servertest.NewManager(t, opts.driver)
 
 	sopts := opts.server
 	sopts.Manager = mgr
@@ -65,7 +62,6 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	t.Cleanup(func() { conn.Close() })
 	return &harness{
 		mgr:     mgr,
-		driver:  driver,
 		client:  sandboxv1.NewSandboxServiceClient(conn),
 		snaps:   sandboxv1.NewSandboxSnapshotServiceClient(conn),
 		control: sandboxv1.NewSandboxControlServiceClient(conn),

@@ -275,7 +275,7 @@ func (h *sandboxService) Inspect(_ context.Context, req *sandboxv1.InspectSandbo
 
 func (h *sandboxService) List(_ context.Context, req *sandboxv1.ListSandboxesRequest) (*sandboxv1.ListSandboxesResponse, error) {
 	if s := req.GetState(); s != "" && !validState(s) {
-		return nil, invalidArgument("state", "want starting, ready, running, stopping, stopped, failed or empty for all")
+		return nil, invalidArgument("state", "want starting, ready, running, paused, stopping, stopped, failed or empty for all")
 	}
 	infos := h.s.mgr.List(sandbox.ListFilter{State: sandbox.State(req.GetState()), Labels: req.GetLabels()})
 	resp := &sandboxv1.ListSandboxesResponse{Sandboxes: make([]*sandboxv1.SandboxSummary, 0, len(infos))}
@@ -291,7 +291,7 @@ func (h *sandboxService) List(_ context.Context, req *sandboxv1.ListSandboxesReq
 func (h *sandboxService) Events(req *sandboxv1.SandboxEventsRequest, stream grpc.ServerStreamingServer[sandboxv1.SandboxEvent]) error {
 	if a := req.GetAction(); a != "" && !validAction(a) {
 		return invalidArgument("action",
-			"want created, ready, running, idle, stopping, stopped, failed, removed or empty for all")
+			"want created, ready, running, idle, stopping, stopped, failed, removed, checkpointed, paused, resumed or empty for all")
 	}
 	sub := h.s.mgr.Subscribe(sandbox.EventFilter{SandboxID: req.GetId(), Action: req.GetAction()}, h.s.eventBacklog)
 	defer sub.Close()

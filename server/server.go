@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -57,7 +58,15 @@ type Server struct {
 	// admitMu makes counting the sandboxes and creating one atomic, so
 	// concurrent creates cannot both take the last place.
 	admitMu sync.Mutex
+	// restoring counts the restores admitted and not yet returned. A
+	// restore waits until its clone is ready, which is too long to hold
+	// admitMu, so admit counts these as well. A clone already in the
+	// manager's list is counted twice, which errs on the safe side.
+	restoring int
 }
+
+// removeTimeout bounds the removal of a failed restore's clone.
+const removeTimeout = 30 * time.Second
 
 // errShuttingDown is returned to requests that arrive while the daemon stops.
 var errShuttingDown = status.Error(codes.Unavailable,
@@ -102,7 +111,7 @@ func New(opts Options) (*Server, error) {
 // SandboxSnapshotService and SandboxControlService.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	sandboxv1.RegisterSandboxServiceServer(r, &sandboxService{s: s})
-	sandboxv1.RegisterSandboxSnapshotServiceServer(r, snapshotService{})
+	sandboxv1.RegisterSandboxSnapshotServiceServer(r, &snapshotService{s: s})
 	sandboxv1.RegisterSandboxControlServiceServer(r, &controlService{s: s})
 }
 
@@ -128,6 +137,47 @@ func (s *Server) create(ctx context.Context, opts sandbox.CreateOptions) (sandbo
 
 	go s.releaseAfterBoot(info.ID, release)
 	return info, nil
+}
+
+// restore admits a sandbox under the limits and restores it from a
+// snapshot. The boot slot is held until the clone is ready or failed.
+func (s *Server) restore(ctx context.Context, opts sandbox.RestoreOptions) (sandbox.Info, error) {
+	release, err := s.acquireBootSlot(ctx)
+	if err != nil {
+		return sandbox.Info{}, err
+	}
+	defer release()
+
+	s.admitMu.Lock()
+	if err := s.admit(); err != nil {
+		s.admitMu.Unlock()
+		return sandbox.Info{}, err
+	}
+	s.restoring++
+	s.admitMu.Unlock()
+	defer func() {
+		s.admitMu.Lock()
+		s.restoring--
+		s.admitMu.Unlock()
+	}()
+
+	info, err := s.mgr.Restore(ctx, opts)
+	if err != nil && info.ID != "" {
+		s.discardClone(ctx, info.ID)
+	}
+	return info, err
+}
+
+// discardClone removes the clone of a restore that failed or whose
+// client went away. The client got an error and, for a generated ID,
+// never learned the ID, so a failed record or a clone that became ready
+// later would stay behind unseen.
+func (s *Server) discardClone(ctx context.Context, id string) {
+	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), removeTimeout)
+	defer cancel()
+	if err := s.mgr.Remove(cleanup, id, true); err != nil && !errors.Is(err, sandbox.ErrNotFound) {
+		s.log.Error("remove the clone of a failed restore", "sandbox", id, "err", err)
+	}
 }
 
 // acquireBootSlot waits for a free boot slot and returns its release
@@ -171,7 +221,7 @@ func (s *Server) admit() error {
 	if s.maxSandboxes == 0 {
 		return nil
 	}
-	active := 0
+	active := s.restoring
 	for _, info := range s.mgr.List(sandbox.ListFilter{}) {
 		if info.State != sandbox.StateStopped && info.State != sandbox.StateFailed {
 			active++

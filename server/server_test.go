@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,13 @@ func (h *harness) watchEvents(t *testing.T, req *sandboxv1.SandboxEventsRequest)
 		}
 	}()
 	return l
+}
+
+// snapshot returns a copy of the events received so far.
+func (l *eventLog) snapshot() []*sandboxv1.SandboxEvent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.events)
 }
 
 func (l *eventLog) actions() []string {
@@ -651,22 +659,58 @@ func TestErrors(t *testing.T) {
 			_, err = stream.Recv()
 			return err
 		}, codes.InvalidArgument, "action"},
-		{"checkpoint", func(ctx context.Context) error {
+		{"checkpoint without driver support", func(ctx context.Context) error {
 			_, err := h.snaps.Checkpoint(ctx, &sandboxv1.CheckpointRequest{SandboxId: "present"})
 			return err
-		}, codes.Unimplemented, "checkpoints are not implemented yet"},
-		{"restore", func(ctx context.Context) error {
-			_, err := h.snaps.Restore(ctx, &sandboxv1.RestoreRequest{SnapshotId: "s"})
+		}, codes.Unavailable, "cannot checkpoint"},
+		{"checkpoint unknown", func(ctx context.Context) error {
+			_, err := h.snaps.Checkpoint(ctx, &sandboxv1.CheckpointRequest{SandboxId: "nobody"})
 			return err
-		}, codes.Unimplemented, "checkpoints are not implemented yet"},
-		{"list snapshots", func(ctx context.Context) error {
-			_, err := h.snaps.ListSnapshots(ctx, &sandboxv1.ListSnapshotsRequest{})
+		}, codes.NotFound, "nobody"},
+		{"checkpoint empty id", func(ctx context.Context) error {
+			_, err := h.snaps.Checkpoint(ctx, &sandboxv1.CheckpointRequest{})
 			return err
-		}, codes.Unimplemented, "checkpoints are not implemented yet"},
-		{"delete snapshot", func(ctx context.Context) error {
-			_, err := h.snaps.DeleteSnapshot(ctx, &sandboxv1.DeleteSnapshotRequest{SnapshotId: "s"})
+		}, codes.InvalidArgument, "sandbox_id"},
+		{"checkpoint path id", func(ctx context.Context) error {
+			_, err := h.snaps.Checkpoint(ctx, &sandboxv1.CheckpointRequest{SandboxId: "../x"})
 			return err
-		}, codes.Unimplemented, "checkpoints are not implemented yet"},
+		}, codes.InvalidArgument, "../x"},
+		{"restore unknown snapshot", func(ctx context.Context) error {
+			_, err := h.snaps.Restore(ctx, &sandboxv1.RestoreRequest{SnapshotId: "snap-none"})
+			return err
+		}, codes.NotFound, "snap-none"},
+		{"restore empty snapshot id", func(ctx context.Context) error {
+			_, err := h.snaps.Restore(ctx, &sandboxv1.RestoreRequest{})
+			return err
+		}, codes.InvalidArgument, "snapshot_id"},
+		{"restore path id", func(ctx context.Context) error {
+			_, err := h.snaps.Restore(ctx, &sandboxv1.RestoreRequest{Id: "../x", SnapshotId: "snap-none"})
+			return err
+		}, codes.InvalidArgument, "../x"},
+		{"delete unknown snapshot", func(ctx context.Context) error {
+			_, err := h.snaps.DeleteSnapshot(ctx, &sandboxv1.DeleteSnapshotRequest{SnapshotId: "snap-none"})
+			return err
+		}, codes.NotFound, "snap-none"},
+		{"delete empty snapshot id", func(ctx context.Context) error {
+			_, err := h.snaps.DeleteSnapshot(ctx, &sandboxv1.DeleteSnapshotRequest{})
+			return err
+		}, codes.InvalidArgument, "snapshot_id"},
+		{"pause without driver support", func(ctx context.Context) error {
+			_, err := h.control.Pause(ctx, &sandboxv1.PauseSandboxRequest{Id: "present"})
+			return err
+		}, codes.Unavailable, "cannot pause"},
+		{"pause unknown", func(ctx context.Context) error {
+			_, err := h.control.Pause(ctx, &sandboxv1.PauseSandboxRequest{Id: "nobody"})
+			return err
+		}, codes.NotFound, "nobody"},
+		{"resume not paused", func(ctx context.Context) error {
+			_, err := h.control.Resume(ctx, &sandboxv1.ResumeSandboxRequest{Id: "present"})
+			return err
+		}, codes.FailedPrecondition, "not paused"},
+		{"resume path id", func(ctx context.Context) error {
+			_, err := h.control.Resume(ctx, &sandboxv1.ResumeSandboxRequest{Id: "../x"})
+			return err
+		}, codes.InvalidArgument, "../x"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -100,9 +100,11 @@ func (m *FakeMachine) exit() {
 
 // NewManager returns a manager on driver (a new FakeDriver when nil) with
 // empty boot assets in t.TempDir() and no network pool, so sandboxes
-// need network mode "none". It skips the test where the agent cannot
-// run commands, and removes every sandbox when the test ends.
-func NewManager(t *testing.T, driver *FakeDriver) *sandbox.Manager {
+// need network mode "none". Any in-process driver fits, such as
+// instant.Driver for the snapshot calls FakeDriver lacks. It skips the
+// test where the agent cannot run commands, and removes every sandbox
+// when the test ends.
+func NewManager(t *testing.T, driver vmm.Driver) *sandbox.Manager {
 	t.Helper()
 	if runtime.GOOS != "linux" {
 		t.Skip("the in-process agent runs commands on Linux only")
