@@ -41,10 +41,10 @@ lint: $(STATICCHECK)
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 
-# test is the README's test command and what CI runs: set-up, lint, and
-# the whole suite under the race detector, including tests that boot real
-# guests from the assets.
-test: deps assets lint
+# test is the README's test command and what CI runs: set-up, lint, a
+# short run of every fuzz target, and the whole suite under the race
+# detector, including tests that boot real guests from the assets.
+test: deps assets lint fuzz-short
 	HEARTH_ASSETS=$(ASSETS) $(GO) test -race -count=1 -timeout 25m ./...
 
 # proto regenerates api/sandboxv1 from proto/sandbox/v1/sandbox.proto; the
