@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sync"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hearthvm/hearth/api/sandboxv1"
 )
@@ -24,6 +27,9 @@ type execOptions struct {
 	workdir     string
 	user        string
 	timeout     time.Duration
+	// signals delivers the signals to send on to the command; nil
+	// forwards none.
+	signals <-chan os.Signal
 }
 
 func newExecCommand(g *globalOptions) *cobra.Command {
@@ -36,7 +42,13 @@ exit with the command's exit code. Errors of hearth itself exit with 125.
 
 -i forwards this process's standard input to the command, -t gives the
 command a terminal; with both, and standard input a terminal, the local
-terminal runs in raw mode and follows window size changes.`,
+terminal runs in raw mode and follows window size changes, and Ctrl-C
+reaches the command through its terminal.
+
+SIGINT and SIGTERM received by hearth are sent on to the command, which
+decides whether to end; SIGHUP ends the command. A command that a signal
+or --timeout ended exits with 128+N or 124, and hearth names the reason
+on standard error.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, argv := args[0], args[1:]
@@ -46,9 +58,15 @@ terminal runs in raw mode and follows window size changes.`,
 			if len(argv) == 0 {
 				return errors.New("no command given: use hearth exec ID -- CMD [ARG...]")
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+			// SIGINT and SIGTERM go to the command; only a hangup
+			// ends the call, which kills the command.
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGHUP)
 			defer stop()
 			cmd.SetContext(ctx)
+			forward := make(chan os.Signal, 4)
+			signal.Notify(forward, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(forward)
+			o.signals = forward
 			return withClient(cmd, g, func(ctx context.Context, c *daemonClient) error {
 				return execIn(ctx, c, id, argv, o, stdioOf(cmd))
 			})
@@ -89,34 +107,134 @@ func execIn(ctx context.Context, c *daemonClient, id string, argv []string, o ex
 		req := &sandboxv1.RunRequest{
 			Id: id, Cmd: argv, Env: env, WorkingDir: o.workdir, User: o.user, TimeoutSeconds: timeout,
 		}
-		return exitStatus(runRemote(ctx, c, req, std.out, std.errOut))
+		exit, err := runRemoteForwarding(ctx, c, req, o.signals, std.out, std.errOut)
+		return exitStatus(exit, err, std.errOut)
 	}
 	init := &sandboxv1.ExecRequest{
 		Id: id, Cmd: argv, Env: env, WorkingDir: o.workdir, User: o.user, Tty: o.tty, TimeoutSeconds: timeout,
 	}
-	return exitStatus(execInteractive(ctx, c, init, o.interactive, std))
+	exit, err := execInteractive(ctx, c, init, o.interactive, o.signals, std)
+	return exitStatus(exit, err, std.errOut)
 }
 
-// exitStatus turns a command's exit code into the error Main exits with.
-func exitStatus(code int32, err error) error {
+// commandExit is the end of a command as the last output message reports
+// it.
+type commandExit struct {
+	code     int32
+	signal   string
+	reason   string
+	timedOut bool
+}
+
+// describe words an exit that was not a normal one for standard error,
+// or returns "" for a normal exit.
+func (e commandExit) describe() string {
+	switch {
+	case e.timedOut:
+		return fmt.Sprintf("the command timed out and was killed (exit code %d)", e.code)
+	case e.signal != "":
+		return fmt.Sprintf("the command was killed by %s (exit code %d)", e.signal, e.code)
+	case e.reason != "" && e.reason != "exited":
+		return fmt.Sprintf("the command ended: %s (exit code %d)", e.reason, e.code)
+	}
+	return ""
+}
+
+// exitStatus turns how a command ended into the error Main exits with,
+// and names the reason on stderr when it was not a normal exit.
+func exitStatus(exit commandExit, err error, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if code != 0 {
-		return exitCodeError{code: int(code)}
+	if msg := exit.describe(); msg != "" {
+		fmt.Fprintln(stderr, "hearth:", msg)
+	}
+	if exit.code != 0 {
+		return exitCodeError{code: int(exit.code)}
 	}
 	return nil
 }
 
 // runRemote runs req with the Run call and copies its output. It
-// returns the command's exit code; an error means hearth failed, not the
+// returns how the command ended; an error means hearth failed, not the
 // command.
-func runRemote(ctx context.Context, c *daemonClient, req *sandboxv1.RunRequest, stdout, stderr io.Writer) (int32, error) {
+func runRemote(ctx context.Context, c *daemonClient, req *sandboxv1.RunRequest, stdout, stderr io.Writer) (commandExit, error) {
 	stream, err := c.sandbox.Run(ctx, req)
 	if err != nil {
-		return 0, fromRPC(err)
+		return commandExit{}, fromRPC(err)
 	}
-	return copyOutput(stream, stdout, stderr)
+	return copyOutput(stream, stdout, stderr, nil)
+}
+
+// runRemoteForwarding is runRemote that also sends the signals from
+// signals to the command, by the workload ID the daemon announces. A
+// signal that arrives before the announcement cancels the call, which
+// kills the command.
+func runRemoteForwarding(ctx context.Context, c *daemonClient, req *sandboxv1.RunRequest, signals <-chan os.Signal,
+	stdout, stderr io.Writer) (commandExit, error) {
+	if signals == nil {
+		return runRemote(ctx, c, req, stdout, stderr)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req.AnnounceWorkload = true
+	stream, err := c.sandbox.Run(ctx, req)
+	if err != nil {
+		return commandExit{}, fromRPC(err)
+	}
+
+	workload := make(chan string, 1)
+	done := make(chan struct{})
+	defer close(done)
+	control := sandboxv1.NewSandboxControlServiceClient(c.conn)
+	go forwardSignals(signals, done, cancel, func(sig string) error {
+		select {
+		case id := <-workload:
+			workload <- id
+			_, err := control.Signal(ctx, &sandboxv1.SignalRequest{Id: req.GetId(), WorkloadId: id, Signal: sig})
+			if status.Code(err) == codes.NotFound {
+				// The command has just ended, and its exit is on the way.
+				return nil
+			}
+			return err
+		default:
+			return errors.New("the workload ID is not known yet")
+		}
+	})
+	return copyOutput(stream, stdout, stderr, func(id string) { workload <- id })
+}
+
+// forwardSignals calls send with the name of each signal from signals
+// until done is closed. When a signal cannot be sent, it calls cancel,
+// which ends the call and so the command.
+func forwardSignals(signals <-chan os.Signal, done <-chan struct{}, cancel func(), send func(string) error) {
+	for {
+		select {
+		case sig := <-signals:
+			name := signalName(sig)
+			if err := send(name); err != nil {
+				slog.Debug("forward signal failed; ending the command", "signal", name, "err", err)
+				cancel()
+			}
+		case <-done:
+			return
+		}
+	}
+}
+
+// signalName returns the name the API takes for sig.
+func signalName(sig os.Signal) string {
+	switch sig {
+	case os.Interrupt:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	case syscall.SIGQUIT:
+		return "SIGQUIT"
+	}
+	return sig.String()
 }
 
 // outputMessage is the interface RunOutput and ExecOutput share.
@@ -125,28 +243,42 @@ type outputMessage interface {
 	GetData() []byte
 	GetExitCode() int32
 	GetDone() bool
+	GetWorkloadId() string
+	GetSignal() string
+	GetReason() string
+	GetTimedOut() bool
 }
 
 // copyOutput writes a command's output messages to stdout and stderr
-// until the one marked done, and returns its exit code.
-func copyOutput[M outputMessage](stream interface{ Recv() (M, error) }, stdout, stderr io.Writer) (int32, error) {
+// until the one marked done, and returns how the command ended. It calls
+// onWorkload, when not nil, with an announced workload ID.
+func copyOutput[M outputMessage](stream interface{ Recv() (M, error) }, stdout, stderr io.Writer,
+	onWorkload func(id string)) (commandExit, error) {
 	for {
 		msg, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			return 0, errors.New("the daemon ended the command's output without an exit code")
+			return commandExit{}, errors.New("the daemon ended the command's output without an exit code")
 		}
 		if err != nil {
-			return 0, fromRPC(err)
+			return commandExit{}, fromRPC(err)
 		}
 		if msg.GetDone() {
-			return msg.GetExitCode(), nil
+			return commandExit{
+				code: msg.GetExitCode(), signal: msg.GetSignal(), reason: msg.GetReason(), timedOut: msg.GetTimedOut(),
+			}, nil
+		}
+		if msg.GetWorkloadId() != "" {
+			if onWorkload != nil {
+				onWorkload(msg.GetWorkloadId())
+			}
+			continue
 		}
 		w := stdout
 		if msg.GetStream() == "stderr" {
 			w = stderr
 		}
 		if _, err := w.Write(msg.GetData()); err != nil {
-			return 0, fmt.Errorf("write command output: %w", err)
+			return commandExit{}, fmt.Errorf("write command output: %w", err)
 		}
 	}
 }
@@ -174,7 +306,8 @@ func (s *execStream) closeSend() error {
 // and stdin a terminal, the local terminal is in raw mode for the whole
 // call and restored on every return, and window size changes are sent as
 // resizes.
-func execInteractive(ctx context.Context, c *daemonClient, init *sandboxv1.ExecRequest, forwardStdin bool, std stdio) (int32, error) {
+func execInteractive(ctx context.Context, c *daemonClient, init *sandboxv1.ExecRequest, forwardStdin bool,
+	signals <-chan os.Signal, std stdio) (commandExit, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -183,18 +316,27 @@ func execInteractive(ctx context.Context, c *daemonClient, init *sandboxv1.ExecR
 		init.TtySize = term.size()
 		restore, err := term.makeRaw()
 		if err != nil {
-			return 0, err
+			return commandExit{}, err
 		}
 		defer restore()
 	}
 
 	raw, err := c.sandbox.Exec(ctx)
 	if err != nil {
-		return 0, fromRPC(err)
+		return commandExit{}, fromRPC(err)
 	}
 	stream := &execStream{BidiStreamingClient: raw}
 	if err := stream.send(&sandboxv1.ExecInput{Payload: &sandboxv1.ExecInput_Init{Init: init}}); err != nil {
-		return 0, execSendError(stream, err)
+		return commandExit{}, execSendError(stream, err)
+	}
+	if signals != nil {
+		// In raw mode Ctrl-C is a byte of stdin, so signals arrive here
+		// only from elsewhere (kill, or a terminal not in raw mode).
+		done := make(chan struct{})
+		defer close(done)
+		go forwardSignals(signals, done, cancel, func(sig string) error {
+			return stream.send(&sandboxv1.ExecInput{Payload: &sandboxv1.ExecInput_Signal{Signal: sig}})
+		})
 	}
 	if term != nil {
 		stopResize := term.watchResize(func(size *sandboxv1.TerminalSize) {
@@ -207,9 +349,9 @@ func execInteractive(ctx context.Context, c *daemonClient, init *sandboxv1.ExecR
 		// command ended; the process exits soon after.
 		go forwardInput(std.in, stream)
 	} else if err := stream.closeSend(); err != nil {
-		return 0, execSendError(stream, err)
+		return commandExit{}, execSendError(stream, err)
 	}
-	return copyOutput(raw, std.out, std.errOut)
+	return copyOutput(raw, std.out, std.errOut, nil)
 }
 
 // forwardInput sends r's bytes as stdin messages. At r's end it closes

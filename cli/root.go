@@ -87,6 +87,9 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		newSnapshotsCommand(&g),
 		newPauseCommand(&g),
 		newResumeCommand(&g),
+		newCopyCommand(&g),
+		newPsCommand(&g),
+		newKillCommand(&g),
 	)
 	root.AddCommand(newDoctorCommand(&g))
 

@@ -122,14 +122,14 @@ func runThroughDaemon(ctx context.Context, cmd *cobra.Command, c *daemonClient, 
 		}
 	}()
 
-	code, err := runRemote(ctx, c, &sandboxv1.RunRequest{
+	exit, err := runRemote(ctx, c, &sandboxv1.RunRequest{
 		Id: id, Cmd: argv, Env: env, WorkingDir: o.workdir, User: o.user,
 		TimeoutSeconds: uint32((o.timeout + time.Second - 1) / time.Second),
 	}, cmd.OutOrStdout(), cmd.ErrOrStderr())
 	if err != nil {
 		return fmt.Errorf("run in sandbox %s: %w", id, err)
 	}
-	return exitStatus(code, nil)
+	return exitStatus(exit, nil, cmd.ErrOrStderr())
 }
 
 // runLocal runs argv in a sandbox of an in-process manager.
@@ -165,14 +165,12 @@ func runLocal(ctx context.Context, g *globalOptions, o runOptions, env map[strin
 		Cmd: argv, Env: env, WorkingDir: o.workdir, User: o.user,
 		TimeoutSeconds: uint32((o.timeout + time.Second - 1) / time.Second),
 	}
-	code, err := sb.Exec(ctx, req, agentclient.ExecIO{Stdin: nil, Stdout: os.Stdout, Stderr: os.Stderr})
+	res, err := sb.ExecWorkload(ctx, req, agentclient.ExecIO{Stdin: nil, Stdout: os.Stdout, Stderr: os.Stderr}, nil)
 	if err != nil {
 		return fmt.Errorf("run in sandbox %s: %w", info.ID, err)
 	}
-	if code != 0 {
-		return exitCodeError{code: int(code)}
-	}
-	return nil
+	exit := commandExit{code: res.Code, signal: res.Signal, reason: res.Reason, timedOut: res.TimedOut}
+	return exitStatus(exit, nil, os.Stderr)
 }
 
 func parseEnv(pairs []string) (map[string]string, error) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -55,6 +56,15 @@ type Sandbox struct {
 	// restoredFrom is the snapshot the sandbox was restored from; its
 	// memory file stays mapped while the sandbox's VM runs.
 	restoredFrom string
+
+	// running is the registry of the workloads, with its own lock.
+	running workloadRegistry
+}
+
+// macReporter is implemented by machines whose guest MAC may differ from
+// the one the manager asked for.
+type macReporter interface {
+	MAC() net.HardwareAddr
 }
 
 // ID returns the sandbox's ID.
@@ -87,6 +97,13 @@ func (sb *Sandbox) Info() Info {
 			Gateway: sb.lease.Gateway.String(),
 			TAP:     sb.lease.TAP,
 			MAC:     sb.lease.MAC.String(),
+		}
+		// A restored QEMU guest keeps its origin's MAC, whatever the
+		// lease says; report the one the guest uses.
+		if r, ok := sb.machine.(macReporter); ok {
+			if mac := r.MAC(); len(mac) > 0 {
+				info.Network.MAC = mac.String()
+			}
 		}
 	}
 	if sb.machine != nil {
@@ -283,22 +300,16 @@ func (sb *Sandbox) watch(machine vmm.Machine) {
 // command is killed when ctx ends, so a client that goes away never leaves
 // a workload behind.
 func (sb *Sandbox) Exec(ctx context.Context, req agentproto.StartRequest, stdio agentclient.ExecIO) (int32, error) {
-	machine, err := sb.beginWorkload()
-	if err != nil {
-		return 0, err
-	}
-	code, err := sb.exec(ctx, machine, req, stdio)
-	sb.endWorkload(code, err)
-	return code, err
+	res, err := sb.ExecWorkload(ctx, req, stdio, nil)
+	return res.Code, err
 }
 
-func (sb *Sandbox) exec(ctx context.Context, machine vmm.Machine, req agentproto.StartRequest, stdio agentclient.ExecIO) (int32, error) {
+func (sb *Sandbox) exec(ctx context.Context, machine vmm.Machine, req agentproto.StartRequest, stdio agentclient.ExecIO) (agentclient.Result, error) {
 	conn, err := machine.DialAgent(ctx, agentproto.PortExec)
 	if err != nil {
-		return 0, fmt.Errorf("%w: reach agent of sandbox %q: %v", ErrUnavailable, sb.id, err)
+		return agentclient.Result{}, fmt.Errorf("%w: reach agent of sandbox %q: %v", ErrUnavailable, sb.id, err)
 	}
-	res, err := agentclient.Exec(ctx, conn, req, stdio)
-	return res.Code, err
+	return agentclient.Exec(ctx, conn, req, stdio)
 }
 
 // beginWorkload counts a new workload and moves the sandbox to running.

@@ -22,6 +22,7 @@ import (
 // harness is an in-process API server over a bufconn listener.
 type harness struct {
 	mgr     *sandbox.Manager
+	conn    *grpc.ClientConn
 	client  sandboxv1.SandboxServiceClient
 	snaps   sandboxv1.SandboxSnapshotServiceClient
 	control sandboxv1.SandboxControlServiceClient
@@ -62,6 +63,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	t.Cleanup(func() { conn.Close() })
 	return &harness{
 		mgr:     mgr,
+		conn:    conn,
 		client:  sandboxv1.NewSandboxServiceClient(conn),
 		snaps:   sandboxv1.NewSandboxSnapshotServiceClient(conn),
 		control: sandboxv1.NewSandboxControlServiceClient(conn),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -80,14 +81,23 @@ func (h *sandboxService) Run(req *sandboxv1.RunRequest, stream grpc.ServerStream
 	send := func(name string, data []byte) error {
 		return stream.Send(&sandboxv1.RunOutput{Stream: name, Data: data})
 	}
-	code, err := sb.Exec(ctx, start, agentclient.ExecIO{
+	var announce func(string)
+	if req.GetAnnounceWorkload() {
+		// A send fails only when the stream has ended, and the end of
+		// the stream's context then kills the command.
+		announce = func(id string) { _ = stream.Send(&sandboxv1.RunOutput{Stream: streamWorkload, WorkloadId: id}) }
+	}
+	res, err := runWorkload(ctx, sb, start, agentclient.ExecIO{
 		Stdout: outputWriter{name: streamStdout, send: send},
 		Stderr: outputWriter{name: streamStderr, send: send},
-	})
+	}, announce)
 	if err != nil {
-		return toStatus(err)
+		return err
 	}
-	return stream.Send(&sandboxv1.RunOutput{Stream: streamExit, ExitCode: code, Done: true})
+	return stream.Send(&sandboxv1.RunOutput{
+		Stream: streamExit, ExitCode: res.Code, Done: true,
+		Signal: res.Signal, Reason: res.Reason, TimedOut: res.TimedOut,
+	})
 }
 
 // outputWriter turns each write of a command's output into one message.
@@ -105,7 +115,7 @@ func (w outputWriter) Write(p []byte) (int, error) {
 }
 
 // Exec runs an interactive command. The first message must carry init,
-// and later ones carry stdin bytes or a terminal resize. When the client
+// and later ones carry stdin bytes, a terminal resize or a signal. When the client
 // closes its side (CloseSend), the command's stdin is closed.
 func (h *sandboxService) Exec(stream grpc.BidiStreamingServer[sandboxv1.ExecInput, sandboxv1.ExecOutput]) error {
 	first, err := stream.Recv()
@@ -139,30 +149,39 @@ func (h *sandboxService) Exec(stream grpc.BidiStreamingServer[sandboxv1.ExecInpu
 	send := func(name string, data []byte) error {
 		return stream.Send(&sandboxv1.ExecOutput{Stream: name, Data: data})
 	}
-	code, err := sb.Exec(ctx, start, agentclient.ExecIO{
-		Stdin:  in.stdinReader,
-		Stdout: outputWriter{name: streamStdout, send: send},
-		Stderr: outputWriter{name: streamStderr, send: send},
-		Resize: in.resize,
-	})
+	var announce func(string)
+	if init.GetAnnounceWorkload() {
+		announce = func(id string) { _ = stream.Send(&sandboxv1.ExecOutput{Stream: streamWorkload, WorkloadId: id}) }
+	}
+	res, err := runWorkload(ctx, sb, start, agentclient.ExecIO{
+		Stdin:   in.stdinReader,
+		Stdout:  outputWriter{name: streamStdout, send: send},
+		Stderr:  outputWriter{name: streamStderr, send: send},
+		Resize:  in.resize,
+		Signals: in.signals,
+	}, announce)
 	in.close()
 	if inputErr := in.err(); inputErr != nil {
 		return inputErr
 	}
 	if err != nil {
-		return toStatus(err)
+		return err
 	}
-	return stream.Send(&sandboxv1.ExecOutput{Stream: streamExit, ExitCode: code, Done: true})
+	return stream.Send(&sandboxv1.ExecOutput{
+		Stream: streamExit, ExitCode: res.Code, Done: true,
+		Signal: res.Signal, Reason: res.Reason, TimedOut: res.TimedOut,
+	})
 }
 
 // execInput forwards the client's messages after init to the command:
-// stdin through a pipe, resizes through a channel.
+// stdin through a pipe, resizes and signals through channels.
 type execInput struct {
 	stream      grpc.BidiStreamingServer[sandboxv1.ExecInput, sandboxv1.ExecOutput]
 	cancel      context.CancelFunc
 	stdinReader *io.PipeReader
 	stdinWriter *io.PipeWriter
 	resize      chan agentclient.TerminalSize
+	signals     chan syscall.Signal
 	done        chan struct{}
 
 	mu       sync.Mutex
@@ -173,7 +192,8 @@ func newExecInput(stream grpc.BidiStreamingServer[sandboxv1.ExecInput, sandboxv1
 	r, w := io.Pipe()
 	return &execInput{
 		stream: stream, cancel: cancel, stdinReader: r, stdinWriter: w,
-		resize: make(chan agentclient.TerminalSize, 4), done: make(chan struct{}),
+		resize: make(chan agentclient.TerminalSize, 4), signals: make(chan syscall.Signal, 4),
+		done: make(chan struct{}),
 	}
 }
 
@@ -204,6 +224,17 @@ func (in *execInput) receive() {
 			}
 			select {
 			case in.resize <- agentclient.TerminalSize{Width: width, Height: height}:
+			case <-in.done:
+				return
+			}
+		case *sandboxv1.ExecInput_Signal:
+			sig, err := parseSignal("signal", p.Signal)
+			if err != nil {
+				in.fail(err)
+				return
+			}
+			select {
+			case in.signals <- sig:
 			case <-in.done:
 				return
 			}

@@ -108,11 +108,12 @@ func New(opts Options) (*Server, error) {
 }
 
 // Register adds every service of the API to r: SandboxService,
-// SandboxSnapshotService and SandboxControlService.
+// SandboxSnapshotService, SandboxControlService and SandboxFileService.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	sandboxv1.RegisterSandboxServiceServer(r, &sandboxService{s: s})
 	sandboxv1.RegisterSandboxSnapshotServiceServer(r, &snapshotService{s: s})
 	sandboxv1.RegisterSandboxControlServiceServer(r, &controlService{s: s})
+	sandboxv1.RegisterSandboxFileServiceServer(r, &fileService{s: s})
 }
 
 // create admits a sandbox under the limits and creates it.

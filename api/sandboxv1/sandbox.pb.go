@@ -511,8 +511,13 @@ type RunRequest struct {
 	User           string                 `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
 	Tty            bool                   `protobuf:"varint,6,opt,name=tty,proto3" json:"tty,omitempty"`
 	TimeoutSeconds uint32                 `protobuf:"varint,7,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// hearth addition: when set, the first RunOutput has stream "workload"
+	// and carries workload_id, the ID that SandboxControlService.Signal
+	// takes. It is opt-in so that clients of the compatible API never see
+	// a stream name they do not know.
+	AnnounceWorkload bool `protobuf:"varint,100,opt,name=announce_workload,json=announceWorkload,proto3" json:"announce_workload,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RunRequest) Reset() {
@@ -594,12 +599,29 @@ func (x *RunRequest) GetTimeoutSeconds() uint32 {
 	return 0
 }
 
+func (x *RunRequest) GetAnnounceWorkload() bool {
+	if x != nil {
+		return x.AnnounceWorkload
+	}
+	return false
+}
+
 type RunOutput struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Stream        string                 `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
-	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
-	ExitCode      int32                  `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
-	Done          bool                   `protobuf:"varint,4,opt,name=done,proto3" json:"done,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Stream   string                 `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
+	Data     []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	ExitCode int32                  `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Done     bool                   `protobuf:"varint,4,opt,name=done,proto3" json:"done,omitempty"`
+	// hearth additions. workload_id is set in the "workload" message that
+	// announce_workload requests. signal, reason and timed_out are set in
+	// the last message (done): signal names the signal that killed the
+	// command ("SIGTERM"), empty for a normal exit; reason is one of
+	// exited, signaled, timed out, cannot start, not found and protocol
+	// error; timed_out is true after timeout_seconds, with exit_code 124.
+	WorkloadId    string `protobuf:"bytes,100,opt,name=workload_id,json=workloadId,proto3" json:"workload_id,omitempty"`
+	Signal        string `protobuf:"bytes,101,opt,name=signal,proto3" json:"signal,omitempty"`
+	Reason        string `protobuf:"bytes,102,opt,name=reason,proto3" json:"reason,omitempty"`
+	TimedOut      bool   `protobuf:"varint,103,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -662,6 +684,34 @@ func (x *RunOutput) GetDone() bool {
 	return false
 }
 
+func (x *RunOutput) GetWorkloadId() string {
+	if x != nil {
+		return x.WorkloadId
+	}
+	return ""
+}
+
+func (x *RunOutput) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
+func (x *RunOutput) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RunOutput) GetTimedOut() bool {
+	if x != nil {
+		return x.TimedOut
+	}
+	return false
+}
+
 type ExecInput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Payload:
@@ -669,6 +719,7 @@ type ExecInput struct {
 	//	*ExecInput_Init
 	//	*ExecInput_Stdin
 	//	*ExecInput_Resize
+	//	*ExecInput_Signal
 	Payload       isExecInput_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -738,6 +789,15 @@ func (x *ExecInput) GetResize() *TerminalSize {
 	return nil
 }
 
+func (x *ExecInput) GetSignal() string {
+	if x != nil {
+		if x, ok := x.Payload.(*ExecInput_Signal); ok {
+			return x.Signal
+		}
+	}
+	return ""
+}
+
 type isExecInput_Payload interface {
 	isExecInput_Payload()
 }
@@ -754,11 +814,20 @@ type ExecInput_Resize struct {
 	Resize *TerminalSize `protobuf:"bytes,3,opt,name=resize,proto3,oneof"`
 }
 
+type ExecInput_Signal struct {
+	// hearth addition: a signal for the command, by name ("SIGINT" or
+	// "INT") or Linux number ("2"). In terminal mode it goes to the
+	// terminal's foreground process group.
+	Signal string `protobuf:"bytes,100,opt,name=signal,proto3,oneof"`
+}
+
 func (*ExecInput_Init) isExecInput_Payload() {}
 
 func (*ExecInput_Stdin) isExecInput_Payload() {}
 
 func (*ExecInput_Resize) isExecInput_Payload() {}
+
+func (*ExecInput_Signal) isExecInput_Payload() {}
 
 type ExecRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -770,8 +839,10 @@ type ExecRequest struct {
 	Tty            bool                   `protobuf:"varint,6,opt,name=tty,proto3" json:"tty,omitempty"`
 	TtySize        *TerminalSize          `protobuf:"bytes,7,opt,name=tty_size,json=ttySize,proto3" json:"tty_size,omitempty"`
 	TimeoutSeconds uint32                 `protobuf:"varint,8,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// hearth addition, as RunRequest.announce_workload.
+	AnnounceWorkload bool `protobuf:"varint,100,opt,name=announce_workload,json=announceWorkload,proto3" json:"announce_workload,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ExecRequest) Reset() {
@@ -860,12 +931,24 @@ func (x *ExecRequest) GetTimeoutSeconds() uint32 {
 	return 0
 }
 
+func (x *ExecRequest) GetAnnounceWorkload() bool {
+	if x != nil {
+		return x.AnnounceWorkload
+	}
+	return false
+}
+
 type ExecOutput struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Stream        string                 `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
-	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
-	ExitCode      int32                  `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
-	Done          bool                   `protobuf:"varint,4,opt,name=done,proto3" json:"done,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Stream   string                 `protobuf:"bytes,1,opt,name=stream,proto3" json:"stream,omitempty"`
+	Data     []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	ExitCode int32                  `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Done     bool                   `protobuf:"varint,4,opt,name=done,proto3" json:"done,omitempty"`
+	// hearth additions, as in RunOutput.
+	WorkloadId    string `protobuf:"bytes,100,opt,name=workload_id,json=workloadId,proto3" json:"workload_id,omitempty"`
+	Signal        string `protobuf:"bytes,101,opt,name=signal,proto3" json:"signal,omitempty"`
+	Reason        string `protobuf:"bytes,102,opt,name=reason,proto3" json:"reason,omitempty"`
+	TimedOut      bool   `protobuf:"varint,103,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -924,6 +1007,34 @@ func (x *ExecOutput) GetExitCode() int32 {
 func (x *ExecOutput) GetDone() bool {
 	if x != nil {
 		return x.Done
+	}
+	return false
+}
+
+func (x *ExecOutput) GetWorkloadId() string {
+	if x != nil {
+		return x.WorkloadId
+	}
+	return ""
+}
+
+func (x *ExecOutput) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
+func (x *ExecOutput) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ExecOutput) GetTimedOut() bool {
+	if x != nil {
+		return x.TimedOut
 	}
 	return false
 }
@@ -2184,6 +2295,1122 @@ func (x *ResumeSandboxRequest) GetId() string {
 	return ""
 }
 
+type ListWorkloadsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkloadsRequest) Reset() {
+	*x = ListWorkloadsRequest{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkloadsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkloadsRequest) ProtoMessage() {}
+
+func (x *ListWorkloadsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkloadsRequest.ProtoReflect.Descriptor instead.
+func (*ListWorkloadsRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListWorkloadsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListWorkloadsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workloads     []*Workload            `protobuf:"bytes,1,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkloadsResponse) Reset() {
+	*x = ListWorkloadsResponse{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkloadsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkloadsResponse) ProtoMessage() {}
+
+func (x *ListWorkloadsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkloadsResponse.ProtoReflect.Descriptor instead.
+func (*ListWorkloadsResponse) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListWorkloadsResponse) GetWorkloads() []*Workload {
+	if x != nil {
+		return x.Workloads
+	}
+	return nil
+}
+
+// Workload is a command running in a sandbox, started by Run, Exec or
+// the sandbox's initial command.
+type Workload struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID names the workload within its sandbox, such as "w3".
+	Id   string   `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Cmd  []string `protobuf:"bytes,2,rep,name=cmd,proto3" json:"cmd,omitempty"`
+	User string   `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	Tty  bool     `protobuf:"varint,4,opt,name=tty,proto3" json:"tty,omitempty"`
+	// When the command was started, in Unix nanoseconds.
+	StartedAt     int64 `protobuf:"varint,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Workload) Reset() {
+	*x = Workload{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Workload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Workload) ProtoMessage() {}
+
+func (x *Workload) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Workload.ProtoReflect.Descriptor instead.
+func (*Workload) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *Workload) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Workload) GetCmd() []string {
+	if x != nil {
+		return x.Cmd
+	}
+	return nil
+}
+
+func (x *Workload) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *Workload) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *Workload) GetStartedAt() int64 {
+	if x != nil {
+		return x.StartedAt
+	}
+	return 0
+}
+
+type SignalRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	WorkloadId string                 `protobuf:"bytes,2,opt,name=workload_id,json=workloadId,proto3" json:"workload_id,omitempty"`
+	// Signal name ("SIGTERM" or "TERM") or Linux signal number ("15").
+	Signal        string `protobuf:"bytes,3,opt,name=signal,proto3" json:"signal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalRequest) Reset() {
+	*x = SignalRequest{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalRequest) ProtoMessage() {}
+
+func (x *SignalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
+func (*SignalRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *SignalRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SignalRequest) GetWorkloadId() string {
+	if x != nil {
+		return x.WorkloadId
+	}
+	return ""
+}
+
+func (x *SignalRequest) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
+type UploadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Payload:
+	//
+	//	*UploadRequest_Header
+	//	*UploadRequest_Chunk
+	//	*UploadRequest_Digest
+	Payload       isUploadRequest_Payload `protobuf_oneof:"payload"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadRequest) Reset() {
+	*x = UploadRequest{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadRequest) ProtoMessage() {}
+
+func (x *UploadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadRequest.ProtoReflect.Descriptor instead.
+func (*UploadRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *UploadRequest) GetPayload() isUploadRequest_Payload {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *UploadRequest) GetHeader() *UploadHeader {
+	if x != nil {
+		if x, ok := x.Payload.(*UploadRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *UploadRequest) GetChunk() []byte {
+	if x != nil {
+		if x, ok := x.Payload.(*UploadRequest_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+func (x *UploadRequest) GetDigest() *FileDigest {
+	if x != nil {
+		if x, ok := x.Payload.(*UploadRequest_Digest); ok {
+			return x.Digest
+		}
+	}
+	return nil
+}
+
+type isUploadRequest_Payload interface {
+	isUploadRequest_Payload()
+}
+
+type UploadRequest_Header struct {
+	Header *UploadHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type UploadRequest_Chunk struct {
+	Chunk []byte `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+type UploadRequest_Digest struct {
+	Digest *FileDigest `protobuf:"bytes,3,opt,name=digest,proto3,oneof"`
+}
+
+func (*UploadRequest_Header) isUploadRequest_Payload() {}
+
+func (*UploadRequest_Chunk) isUploadRequest_Payload() {}
+
+func (*UploadRequest_Digest) isUploadRequest_Payload() {}
+
+type UploadHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sandbox ID.
+	Id   string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// Permission bits including setuid, setgid and sticky (07777); 0 means
+	// 0644.
+	Mode uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	// Owner; absent keeps the agent's user (root in a guest).
+	Uid *uint32 `protobuf:"varint,4,opt,name=uid,proto3,oneof" json:"uid,omitempty"`
+	Gid *uint32 `protobuf:"varint,5,opt,name=gid,proto3,oneof" json:"gid,omitempty"`
+	// Expected byte count, checked before the file replaces the target.
+	Size *int64 `protobuf:"varint,6,opt,name=size,proto3,oneof" json:"size,omitempty"`
+	// Create missing parent directories with mode 0755.
+	Mkdirs        bool `protobuf:"varint,7,opt,name=mkdirs,proto3" json:"mkdirs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadHeader) Reset() {
+	*x = UploadHeader{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadHeader) ProtoMessage() {}
+
+func (x *UploadHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadHeader.ProtoReflect.Descriptor instead.
+func (*UploadHeader) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *UploadHeader) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *UploadHeader) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *UploadHeader) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *UploadHeader) GetUid() uint32 {
+	if x != nil && x.Uid != nil {
+		return *x.Uid
+	}
+	return 0
+}
+
+func (x *UploadHeader) GetGid() uint32 {
+	if x != nil && x.Gid != nil {
+		return *x.Gid
+	}
+	return 0
+}
+
+func (x *UploadHeader) GetSize() int64 {
+	if x != nil && x.Size != nil {
+		return *x.Size
+	}
+	return 0
+}
+
+func (x *UploadHeader) GetMkdirs() bool {
+	if x != nil {
+		return x.Mkdirs
+	}
+	return false
+}
+
+type UploadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Size  int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	// Hex SHA-256 of the content written.
+	Sha256        string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadResponse) Reset() {
+	*x = UploadResponse{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadResponse) ProtoMessage() {}
+
+func (x *UploadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadResponse.ProtoReflect.Descriptor instead.
+func (*UploadResponse) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *UploadResponse) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *UploadResponse) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *UploadResponse) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+type FileDigest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Size  int64                  `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	// Hex SHA-256.
+	Sha256        string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileDigest) Reset() {
+	*x = FileDigest{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileDigest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileDigest) ProtoMessage() {}
+
+func (x *FileDigest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileDigest.ProtoReflect.Descriptor instead.
+func (*FileDigest) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *FileDigest) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FileDigest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+type DownloadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DownloadRequest) Reset() {
+	*x = DownloadRequest{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DownloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DownloadRequest) ProtoMessage() {}
+
+func (x *DownloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DownloadRequest.ProtoReflect.Descriptor instead.
+func (*DownloadRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *DownloadRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DownloadRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type DownloadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Payload:
+	//
+	//	*DownloadResponse_Chunk
+	//	*DownloadResponse_Digest
+	Payload       isDownloadResponse_Payload `protobuf_oneof:"payload"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DownloadResponse) Reset() {
+	*x = DownloadResponse{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DownloadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DownloadResponse) ProtoMessage() {}
+
+func (x *DownloadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DownloadResponse.ProtoReflect.Descriptor instead.
+func (*DownloadResponse) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *DownloadResponse) GetPayload() isDownloadResponse_Payload {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *DownloadResponse) GetChunk() []byte {
+	if x != nil {
+		if x, ok := x.Payload.(*DownloadResponse_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+func (x *DownloadResponse) GetDigest() *FileDigest {
+	if x != nil {
+		if x, ok := x.Payload.(*DownloadResponse_Digest); ok {
+			return x.Digest
+		}
+	}
+	return nil
+}
+
+type isDownloadResponse_Payload interface {
+	isDownloadResponse_Payload()
+}
+
+type DownloadResponse_Chunk struct {
+	Chunk []byte `protobuf:"bytes,1,opt,name=chunk,proto3,oneof"`
+}
+
+type DownloadResponse_Digest struct {
+	// The last message.
+	Digest *FileDigest `protobuf:"bytes,2,opt,name=digest,proto3,oneof"`
+}
+
+func (*DownloadResponse_Chunk) isDownloadResponse_Payload() {}
+
+func (*DownloadResponse_Digest) isDownloadResponse_Payload() {}
+
+type StatRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatRequest) Reset() {
+	*x = StatRequest{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatRequest) ProtoMessage() {}
+
+func (x *StatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatRequest.ProtoReflect.Descriptor instead.
+func (*StatRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *StatRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *StatRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type FileInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The requested path for Stat, the entry's base name for List.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// file, dir, symlink, fifo, socket, char, block or other.
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// Permission bits including setuid, setgid and sticky (07777).
+	Mode uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	Size int64  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	// Modification time in Unix nanoseconds.
+	MtimeNs int64  `protobuf:"varint,5,opt,name=mtime_ns,json=mtimeNs,proto3" json:"mtime_ns,omitempty"`
+	Uid     uint32 `protobuf:"varint,6,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid     uint32 `protobuf:"varint,7,opt,name=gid,proto3" json:"gid,omitempty"`
+	// A symbolic link's target.
+	Target        string `protobuf:"bytes,8,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileInfo) Reset() {
+	*x = FileInfo{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileInfo) ProtoMessage() {}
+
+func (x *FileInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileInfo.ProtoReflect.Descriptor instead.
+func (*FileInfo) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *FileInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FileInfo) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *FileInfo) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *FileInfo) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FileInfo) GetMtimeNs() int64 {
+	if x != nil {
+		return x.MtimeNs
+	}
+	return 0
+}
+
+func (x *FileInfo) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *FileInfo) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *FileInfo) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+type ListFilesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFilesRequest) Reset() {
+	*x = ListFilesRequest{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFilesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFilesRequest) ProtoMessage() {}
+
+func (x *ListFilesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFilesRequest.ProtoReflect.Descriptor instead.
+func (*ListFilesRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ListFilesRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ListFilesRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type ListFilesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*FileInfo            `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFilesResponse) Reset() {
+	*x = ListFilesResponse{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFilesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFilesResponse) ProtoMessage() {}
+
+func (x *ListFilesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFilesResponse.ProtoReflect.Descriptor instead.
+func (*ListFilesResponse) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListFilesResponse) GetEntries() []*FileInfo {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type MkdirRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Path  string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// Permission bits; 0 means 0755. Applied exactly, not masked by a umask.
+	Mode          uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	Parents       bool   `protobuf:"varint,4,opt,name=parents,proto3" json:"parents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MkdirRequest) Reset() {
+	*x = MkdirRequest{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MkdirRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MkdirRequest) ProtoMessage() {}
+
+func (x *MkdirRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MkdirRequest.ProtoReflect.Descriptor instead.
+func (*MkdirRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *MkdirRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MkdirRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *MkdirRequest) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *MkdirRequest) GetParents() bool {
+	if x != nil {
+		return x.Parents
+	}
+	return false
+}
+
+type RemoveFileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Recursive     bool                   `protobuf:"varint,3,opt,name=recursive,proto3" json:"recursive,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveFileRequest) Reset() {
+	*x = RemoveFileRequest{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveFileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveFileRequest) ProtoMessage() {}
+
+func (x *RemoveFileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveFileRequest.ProtoReflect.Descriptor instead.
+func (*RemoveFileRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *RemoveFileRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RemoveFileRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *RemoveFileRequest) GetRecursive() bool {
+	if x != nil {
+		return x.Recursive
+	}
+	return false
+}
+
+type RenameFileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	From          string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To            string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenameFileRequest) Reset() {
+	*x = RenameFileRequest{}
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenameFileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenameFileRequest) ProtoMessage() {}
+
+func (x *RenameFileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_v1_sandbox_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenameFileRequest.ProtoReflect.Descriptor instead.
+func (*RenameFileRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_v1_sandbox_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *RenameFileRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RenameFileRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *RenameFileRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
 var File_sandbox_v1_sandbox_proto protoreflect.FileDescriptor
 
 const file_sandbox_v1_sandbox_proto_rawDesc = "" +
@@ -2234,7 +3461,7 @@ const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
 	"ip_address\x18\x02 \x01(\tR\tipAddress\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\tR\x05state\"\x89\x02\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\"\xb6\x02\n" +
 	"\n" +
 	"RunRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
@@ -2244,20 +3471,27 @@ const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"workingDir\x12\x12\n" +
 	"\x04user\x18\x05 \x01(\tR\x04user\x12\x10\n" +
 	"\x03tty\x18\x06 \x01(\bR\x03tty\x12'\n" +
-	"\x0ftimeout_seconds\x18\a \x01(\rR\x0etimeoutSeconds\x1a6\n" +
+	"\x0ftimeout_seconds\x18\a \x01(\rR\x0etimeoutSeconds\x12+\n" +
+	"\x11announce_workload\x18d \x01(\bR\x10announceWorkload\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd6\x01\n" +
 	"\tRunOutput\x12\x16\n" +
 	"\x06stream\x18\x01 \x01(\tR\x06stream\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x12\n" +
-	"\x04done\x18\x04 \x01(\bR\x04done\"\x91\x01\n" +
+	"\x04done\x18\x04 \x01(\bR\x04done\x12\x1f\n" +
+	"\vworkload_id\x18d \x01(\tR\n" +
+	"workloadId\x12\x16\n" +
+	"\x06signal\x18e \x01(\tR\x06signal\x12\x16\n" +
+	"\x06reason\x18f \x01(\tR\x06reason\x12\x1b\n" +
+	"\ttimed_out\x18g \x01(\bR\btimedOut\"\xab\x01\n" +
 	"\tExecInput\x12-\n" +
 	"\x04init\x18\x01 \x01(\v2\x17.sandbox.v1.ExecRequestH\x00R\x04init\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x122\n" +
-	"\x06resize\x18\x03 \x01(\v2\x18.sandbox.v1.TerminalSizeH\x00R\x06resizeB\t\n" +
-	"\apayload\"\xc0\x02\n" +
+	"\x06resize\x18\x03 \x01(\v2\x18.sandbox.v1.TerminalSizeH\x00R\x06resize\x12\x18\n" +
+	"\x06signal\x18d \x01(\tH\x00R\x06signalB\t\n" +
+	"\apayload\"\xed\x02\n" +
 	"\vExecRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03cmd\x18\x02 \x03(\tR\x03cmd\x122\n" +
@@ -2267,16 +3501,22 @@ const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x04user\x18\x05 \x01(\tR\x04user\x12\x10\n" +
 	"\x03tty\x18\x06 \x01(\bR\x03tty\x123\n" +
 	"\btty_size\x18\a \x01(\v2\x18.sandbox.v1.TerminalSizeR\attySize\x12'\n" +
-	"\x0ftimeout_seconds\x18\b \x01(\rR\x0etimeoutSeconds\x1a6\n" +
+	"\x0ftimeout_seconds\x18\b \x01(\rR\x0etimeoutSeconds\x12+\n" +
+	"\x11announce_workload\x18d \x01(\bR\x10announceWorkload\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd7\x01\n" +
 	"\n" +
 	"ExecOutput\x12\x16\n" +
 	"\x06stream\x18\x01 \x01(\tR\x06stream\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x12\n" +
-	"\x04done\x18\x04 \x01(\bR\x04done\"M\n" +
+	"\x04done\x18\x04 \x01(\bR\x04done\x12\x1f\n" +
+	"\vworkload_id\x18d \x01(\tR\n" +
+	"workloadId\x12\x16\n" +
+	"\x06signal\x18e \x01(\tR\x06signal\x12\x16\n" +
+	"\x06reason\x18f \x01(\tR\x06reason\x12\x1b\n" +
+	"\ttimed_out\x18g \x01(\bR\btimedOut\"M\n" +
 	"\x12StopSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x0ftimeout_seconds\x18\x02 \x01(\rR\x0etimeoutSeconds\"<\n" +
@@ -2404,7 +3644,84 @@ const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"\x13PauseSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"&\n" +
 	"\x14ResumeSandboxRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id2\xa8\x04\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"&\n" +
+	"\x14ListWorkloadsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"K\n" +
+	"\x15ListWorkloadsResponse\x122\n" +
+	"\tworkloads\x18\x01 \x03(\v2\x14.sandbox.v1.WorkloadR\tworkloads\"q\n" +
+	"\bWorkload\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x03cmd\x18\x02 \x03(\tR\x03cmd\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x10\n" +
+	"\x03tty\x18\x04 \x01(\bR\x03tty\x12\x1d\n" +
+	"\n" +
+	"started_at\x18\x05 \x01(\x03R\tstartedAt\"X\n" +
+	"\rSignalRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
+	"\vworkload_id\x18\x02 \x01(\tR\n" +
+	"workloadId\x12\x16\n" +
+	"\x06signal\x18\x03 \x01(\tR\x06signal\"\x98\x01\n" +
+	"\rUploadRequest\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x18.sandbox.v1.UploadHeaderH\x00R\x06header\x12\x16\n" +
+	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunk\x120\n" +
+	"\x06digest\x18\x03 \x01(\v2\x16.sandbox.v1.FileDigestH\x00R\x06digestB\t\n" +
+	"\apayload\"\xbe\x01\n" +
+	"\fUploadHeader\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x15\n" +
+	"\x03uid\x18\x04 \x01(\rH\x00R\x03uid\x88\x01\x01\x12\x15\n" +
+	"\x03gid\x18\x05 \x01(\rH\x01R\x03gid\x88\x01\x01\x12\x17\n" +
+	"\x04size\x18\x06 \x01(\x03H\x02R\x04size\x88\x01\x01\x12\x16\n" +
+	"\x06mkdirs\x18\a \x01(\bR\x06mkdirsB\x06\n" +
+	"\x04_uidB\x06\n" +
+	"\x04_gidB\a\n" +
+	"\x05_size\"P\n" +
+	"\x0eUploadResponse\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"8\n" +
+	"\n" +
+	"FileDigest\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\x03R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\"5\n" +
+	"\x0fDownloadRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"g\n" +
+	"\x10DownloadResponse\x12\x16\n" +
+	"\x05chunk\x18\x01 \x01(\fH\x00R\x05chunk\x120\n" +
+	"\x06digest\x18\x02 \x01(\v2\x16.sandbox.v1.FileDigestH\x00R\x06digestB\t\n" +
+	"\apayload\"1\n" +
+	"\vStatRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"\xb1\x01\n" +
+	"\bFileInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x03R\x04size\x12\x19\n" +
+	"\bmtime_ns\x18\x05 \x01(\x03R\amtimeNs\x12\x10\n" +
+	"\x03uid\x18\x06 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\a \x01(\rR\x03gid\x12\x16\n" +
+	"\x06target\x18\b \x01(\tR\x06target\"6\n" +
+	"\x10ListFilesRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"C\n" +
+	"\x11ListFilesResponse\x12.\n" +
+	"\aentries\x18\x01 \x03(\v2\x14.sandbox.v1.FileInfoR\aentries\"`\n" +
+	"\fMkdirRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x18\n" +
+	"\aparents\x18\x04 \x01(\bR\aparents\"U\n" +
+	"\x11RemoveFileRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1c\n" +
+	"\trecursive\x18\x03 \x01(\bR\trecursive\"G\n" +
+	"\x11RenameFileRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to2\xa8\x04\n" +
 	"\x0eSandboxService\x12M\n" +
 	"\x06Create\x12 .sandbox.v1.CreateSandboxRequest\x1a!.sandbox.v1.CreateSandboxResponse\x126\n" +
 	"\x03Run\x12\x16.sandbox.v1.RunRequest\x1a\x15.sandbox.v1.RunOutput0\x01\x129\n" +
@@ -2419,11 +3736,21 @@ const file_sandbox_v1_sandbox_proto_rawDesc = "" +
 	"Checkpoint\x12\x1d.sandbox.v1.CheckpointRequest\x1a\x1e.sandbox.v1.CheckpointResponse\x12B\n" +
 	"\aRestore\x12\x1a.sandbox.v1.RestoreRequest\x1a\x1b.sandbox.v1.RestoreResponse\x12T\n" +
 	"\rListSnapshots\x12 .sandbox.v1.ListSnapshotsRequest\x1a!.sandbox.v1.ListSnapshotsResponse\x12F\n" +
-	"\x0eDeleteSnapshot\x12!.sandbox.v1.DeleteSnapshotRequest\x1a\x11.sandbox.v1.Empty2\xdd\x01\n" +
+	"\x0eDeleteSnapshot\x12!.sandbox.v1.DeleteSnapshotRequest\x1a\x11.sandbox.v1.Empty2\xeb\x02\n" +
 	"\x15SandboxControlService\x12<\n" +
 	"\x06SetTTL\x12\x19.sandbox.v1.SetTTLRequest\x1a\x17.sandbox.v1.SandboxInfo\x12A\n" +
 	"\x05Pause\x12\x1f.sandbox.v1.PauseSandboxRequest\x1a\x17.sandbox.v1.SandboxInfo\x12C\n" +
-	"\x06Resume\x12 .sandbox.v1.ResumeSandboxRequest\x1a\x17.sandbox.v1.SandboxInfoB4Z2github.com/hearthvm/hearth/api/sandboxv1;sandboxv1b\x06proto3"
+	"\x06Resume\x12 .sandbox.v1.ResumeSandboxRequest\x1a\x17.sandbox.v1.SandboxInfo\x12T\n" +
+	"\rListWorkloads\x12 .sandbox.v1.ListWorkloadsRequest\x1a!.sandbox.v1.ListWorkloadsResponse\x126\n" +
+	"\x06Signal\x12\x19.sandbox.v1.SignalRequest\x1a\x11.sandbox.v1.Empty2\xcc\x03\n" +
+	"\x12SandboxFileService\x12A\n" +
+	"\x06Upload\x12\x19.sandbox.v1.UploadRequest\x1a\x1a.sandbox.v1.UploadResponse(\x01\x12G\n" +
+	"\bDownload\x12\x1b.sandbox.v1.DownloadRequest\x1a\x1c.sandbox.v1.DownloadResponse0\x01\x125\n" +
+	"\x04Stat\x12\x17.sandbox.v1.StatRequest\x1a\x14.sandbox.v1.FileInfo\x12E\n" +
+	"\x04List\x12\x1c.sandbox.v1.ListFilesRequest\x1a\x1d.sandbox.v1.ListFilesResponse0\x01\x124\n" +
+	"\x05Mkdir\x12\x18.sandbox.v1.MkdirRequest\x1a\x11.sandbox.v1.Empty\x12:\n" +
+	"\x06Remove\x12\x1d.sandbox.v1.RemoveFileRequest\x1a\x11.sandbox.v1.Empty\x12:\n" +
+	"\x06Rename\x12\x1d.sandbox.v1.RenameFileRequest\x1a\x11.sandbox.v1.EmptyB4Z2github.com/hearthvm/hearth/api/sandboxv1;sandboxv1b\x06proto3"
 
 var (
 	file_sandbox_v1_sandbox_proto_rawDescOnce sync.Once
@@ -2437,7 +3764,7 @@ func file_sandbox_v1_sandbox_proto_rawDescGZIP() []byte {
 	return file_sandbox_v1_sandbox_proto_rawDescData
 }
 
-var file_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_sandbox_v1_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_sandbox_v1_sandbox_proto_goTypes = []any{
 	(*Empty)(nil),                 // 0: sandbox.v1.Empty
 	(*NetworkSpec)(nil),           // 1: sandbox.v1.NetworkSpec
@@ -2472,77 +3799,117 @@ var file_sandbox_v1_sandbox_proto_goTypes = []any{
 	(*SetTTLRequest)(nil),         // 30: sandbox.v1.SetTTLRequest
 	(*PauseSandboxRequest)(nil),   // 31: sandbox.v1.PauseSandboxRequest
 	(*ResumeSandboxRequest)(nil),  // 32: sandbox.v1.ResumeSandboxRequest
-	nil,                           // 33: sandbox.v1.CreateSandboxRequest.LabelsEntry
-	nil,                           // 34: sandbox.v1.CreateSandboxRequest.EnvEntry
-	nil,                           // 35: sandbox.v1.RunRequest.EnvEntry
-	nil,                           // 36: sandbox.v1.ExecRequest.EnvEntry
-	nil,                           // 37: sandbox.v1.SandboxInfo.LabelsEntry
-	nil,                           // 38: sandbox.v1.ListSandboxesRequest.LabelsEntry
-	nil,                           // 39: sandbox.v1.SandboxSummary.LabelsEntry
-	nil,                           // 40: sandbox.v1.SandboxEvent.AttributesEntry
-	nil,                           // 41: sandbox.v1.CheckpointRequest.LabelsEntry
-	nil,                           // 42: sandbox.v1.RestoreRequest.LabelsEntry
-	nil,                           // 43: sandbox.v1.ListSnapshotsRequest.LabelsEntry
-	nil,                           // 44: sandbox.v1.SnapshotSummary.LabelsEntry
+	(*ListWorkloadsRequest)(nil),  // 33: sandbox.v1.ListWorkloadsRequest
+	(*ListWorkloadsResponse)(nil), // 34: sandbox.v1.ListWorkloadsResponse
+	(*Workload)(nil),              // 35: sandbox.v1.Workload
+	(*SignalRequest)(nil),         // 36: sandbox.v1.SignalRequest
+	(*UploadRequest)(nil),         // 37: sandbox.v1.UploadRequest
+	(*UploadHeader)(nil),          // 38: sandbox.v1.UploadHeader
+	(*UploadResponse)(nil),        // 39: sandbox.v1.UploadResponse
+	(*FileDigest)(nil),            // 40: sandbox.v1.FileDigest
+	(*DownloadRequest)(nil),       // 41: sandbox.v1.DownloadRequest
+	(*DownloadResponse)(nil),      // 42: sandbox.v1.DownloadResponse
+	(*StatRequest)(nil),           // 43: sandbox.v1.StatRequest
+	(*FileInfo)(nil),              // 44: sandbox.v1.FileInfo
+	(*ListFilesRequest)(nil),      // 45: sandbox.v1.ListFilesRequest
+	(*ListFilesResponse)(nil),     // 46: sandbox.v1.ListFilesResponse
+	(*MkdirRequest)(nil),          // 47: sandbox.v1.MkdirRequest
+	(*RemoveFileRequest)(nil),     // 48: sandbox.v1.RemoveFileRequest
+	(*RenameFileRequest)(nil),     // 49: sandbox.v1.RenameFileRequest
+	nil,                           // 50: sandbox.v1.CreateSandboxRequest.LabelsEntry
+	nil,                           // 51: sandbox.v1.CreateSandboxRequest.EnvEntry
+	nil,                           // 52: sandbox.v1.RunRequest.EnvEntry
+	nil,                           // 53: sandbox.v1.ExecRequest.EnvEntry
+	nil,                           // 54: sandbox.v1.SandboxInfo.LabelsEntry
+	nil,                           // 55: sandbox.v1.ListSandboxesRequest.LabelsEntry
+	nil,                           // 56: sandbox.v1.SandboxSummary.LabelsEntry
+	nil,                           // 57: sandbox.v1.SandboxEvent.AttributesEntry
+	nil,                           // 58: sandbox.v1.CheckpointRequest.LabelsEntry
+	nil,                           // 59: sandbox.v1.RestoreRequest.LabelsEntry
+	nil,                           // 60: sandbox.v1.ListSnapshotsRequest.LabelsEntry
+	nil,                           // 61: sandbox.v1.SnapshotSummary.LabelsEntry
 }
 var file_sandbox_v1_sandbox_proto_depIdxs = []int32{
-	33, // 0: sandbox.v1.CreateSandboxRequest.labels:type_name -> sandbox.v1.CreateSandboxRequest.LabelsEntry
+	50, // 0: sandbox.v1.CreateSandboxRequest.labels:type_name -> sandbox.v1.CreateSandboxRequest.LabelsEntry
 	3,  // 1: sandbox.v1.CreateSandboxRequest.limits:type_name -> sandbox.v1.ResourceLimits
-	34, // 2: sandbox.v1.CreateSandboxRequest.env:type_name -> sandbox.v1.CreateSandboxRequest.EnvEntry
+	51, // 2: sandbox.v1.CreateSandboxRequest.env:type_name -> sandbox.v1.CreateSandboxRequest.EnvEntry
 	2,  // 3: sandbox.v1.CreateSandboxRequest.mounts:type_name -> sandbox.v1.Mount
 	1,  // 4: sandbox.v1.CreateSandboxRequest.network:type_name -> sandbox.v1.NetworkSpec
-	35, // 5: sandbox.v1.RunRequest.env:type_name -> sandbox.v1.RunRequest.EnvEntry
+	52, // 5: sandbox.v1.RunRequest.env:type_name -> sandbox.v1.RunRequest.EnvEntry
 	10, // 6: sandbox.v1.ExecInput.init:type_name -> sandbox.v1.ExecRequest
 	4,  // 7: sandbox.v1.ExecInput.resize:type_name -> sandbox.v1.TerminalSize
-	36, // 8: sandbox.v1.ExecRequest.env:type_name -> sandbox.v1.ExecRequest.EnvEntry
+	53, // 8: sandbox.v1.ExecRequest.env:type_name -> sandbox.v1.ExecRequest.EnvEntry
 	4,  // 9: sandbox.v1.ExecRequest.tty_size:type_name -> sandbox.v1.TerminalSize
-	37, // 10: sandbox.v1.SandboxInfo.labels:type_name -> sandbox.v1.SandboxInfo.LabelsEntry
+	54, // 10: sandbox.v1.SandboxInfo.labels:type_name -> sandbox.v1.SandboxInfo.LabelsEntry
 	3,  // 11: sandbox.v1.SandboxInfo.limits:type_name -> sandbox.v1.ResourceLimits
 	16, // 12: sandbox.v1.SandboxInfo.network:type_name -> sandbox.v1.SandboxNetwork
-	38, // 13: sandbox.v1.ListSandboxesRequest.labels:type_name -> sandbox.v1.ListSandboxesRequest.LabelsEntry
+	55, // 13: sandbox.v1.ListSandboxesRequest.labels:type_name -> sandbox.v1.ListSandboxesRequest.LabelsEntry
 	19, // 14: sandbox.v1.ListSandboxesResponse.sandboxes:type_name -> sandbox.v1.SandboxSummary
-	39, // 15: sandbox.v1.SandboxSummary.labels:type_name -> sandbox.v1.SandboxSummary.LabelsEntry
-	40, // 16: sandbox.v1.SandboxEvent.attributes:type_name -> sandbox.v1.SandboxEvent.AttributesEntry
-	41, // 17: sandbox.v1.CheckpointRequest.labels:type_name -> sandbox.v1.CheckpointRequest.LabelsEntry
-	42, // 18: sandbox.v1.RestoreRequest.labels:type_name -> sandbox.v1.RestoreRequest.LabelsEntry
-	43, // 19: sandbox.v1.ListSnapshotsRequest.labels:type_name -> sandbox.v1.ListSnapshotsRequest.LabelsEntry
+	56, // 15: sandbox.v1.SandboxSummary.labels:type_name -> sandbox.v1.SandboxSummary.LabelsEntry
+	57, // 16: sandbox.v1.SandboxEvent.attributes:type_name -> sandbox.v1.SandboxEvent.AttributesEntry
+	58, // 17: sandbox.v1.CheckpointRequest.labels:type_name -> sandbox.v1.CheckpointRequest.LabelsEntry
+	59, // 18: sandbox.v1.RestoreRequest.labels:type_name -> sandbox.v1.RestoreRequest.LabelsEntry
+	60, // 19: sandbox.v1.ListSnapshotsRequest.labels:type_name -> sandbox.v1.ListSnapshotsRequest.LabelsEntry
 	28, // 20: sandbox.v1.ListSnapshotsResponse.snapshots:type_name -> sandbox.v1.SnapshotSummary
-	44, // 21: sandbox.v1.SnapshotSummary.labels:type_name -> sandbox.v1.SnapshotSummary.LabelsEntry
-	5,  // 22: sandbox.v1.SandboxService.Create:input_type -> sandbox.v1.CreateSandboxRequest
-	7,  // 23: sandbox.v1.SandboxService.Run:input_type -> sandbox.v1.RunRequest
-	9,  // 24: sandbox.v1.SandboxService.Exec:input_type -> sandbox.v1.ExecInput
-	12, // 25: sandbox.v1.SandboxService.Stop:input_type -> sandbox.v1.StopSandboxRequest
-	13, // 26: sandbox.v1.SandboxService.Remove:input_type -> sandbox.v1.RemoveSandboxRequest
-	14, // 27: sandbox.v1.SandboxService.Inspect:input_type -> sandbox.v1.InspectSandboxRequest
-	17, // 28: sandbox.v1.SandboxService.List:input_type -> sandbox.v1.ListSandboxesRequest
-	20, // 29: sandbox.v1.SandboxService.Events:input_type -> sandbox.v1.SandboxEventsRequest
-	22, // 30: sandbox.v1.SandboxSnapshotService.Checkpoint:input_type -> sandbox.v1.CheckpointRequest
-	24, // 31: sandbox.v1.SandboxSnapshotService.Restore:input_type -> sandbox.v1.RestoreRequest
-	26, // 32: sandbox.v1.SandboxSnapshotService.ListSnapshots:input_type -> sandbox.v1.ListSnapshotsRequest
-	29, // 33: sandbox.v1.SandboxSnapshotService.DeleteSnapshot:input_type -> sandbox.v1.DeleteSnapshotRequest
-	30, // 34: sandbox.v1.SandboxControlService.SetTTL:input_type -> sandbox.v1.SetTTLRequest
-	31, // 35: sandbox.v1.SandboxControlService.Pause:input_type -> sandbox.v1.PauseSandboxRequest
-	32, // 36: sandbox.v1.SandboxControlService.Resume:input_type -> sandbox.v1.ResumeSandboxRequest
-	6,  // 37: sandbox.v1.SandboxService.Create:output_type -> sandbox.v1.CreateSandboxResponse
-	8,  // 38: sandbox.v1.SandboxService.Run:output_type -> sandbox.v1.RunOutput
-	11, // 39: sandbox.v1.SandboxService.Exec:output_type -> sandbox.v1.ExecOutput
-	0,  // 40: sandbox.v1.SandboxService.Stop:output_type -> sandbox.v1.Empty
-	0,  // 41: sandbox.v1.SandboxService.Remove:output_type -> sandbox.v1.Empty
-	15, // 42: sandbox.v1.SandboxService.Inspect:output_type -> sandbox.v1.SandboxInfo
-	18, // 43: sandbox.v1.SandboxService.List:output_type -> sandbox.v1.ListSandboxesResponse
-	21, // 44: sandbox.v1.SandboxService.Events:output_type -> sandbox.v1.SandboxEvent
-	23, // 45: sandbox.v1.SandboxSnapshotService.Checkpoint:output_type -> sandbox.v1.CheckpointResponse
-	25, // 46: sandbox.v1.SandboxSnapshotService.Restore:output_type -> sandbox.v1.RestoreResponse
-	27, // 47: sandbox.v1.SandboxSnapshotService.ListSnapshots:output_type -> sandbox.v1.ListSnapshotsResponse
-	0,  // 48: sandbox.v1.SandboxSnapshotService.DeleteSnapshot:output_type -> sandbox.v1.Empty
-	15, // 49: sandbox.v1.SandboxControlService.SetTTL:output_type -> sandbox.v1.SandboxInfo
-	15, // 50: sandbox.v1.SandboxControlService.Pause:output_type -> sandbox.v1.SandboxInfo
-	15, // 51: sandbox.v1.SandboxControlService.Resume:output_type -> sandbox.v1.SandboxInfo
-	37, // [37:52] is the sub-list for method output_type
-	22, // [22:37] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	61, // 21: sandbox.v1.SnapshotSummary.labels:type_name -> sandbox.v1.SnapshotSummary.LabelsEntry
+	35, // 22: sandbox.v1.ListWorkloadsResponse.workloads:type_name -> sandbox.v1.Workload
+	38, // 23: sandbox.v1.UploadRequest.header:type_name -> sandbox.v1.UploadHeader
+	40, // 24: sandbox.v1.UploadRequest.digest:type_name -> sandbox.v1.FileDigest
+	40, // 25: sandbox.v1.DownloadResponse.digest:type_name -> sandbox.v1.FileDigest
+	44, // 26: sandbox.v1.ListFilesResponse.entries:type_name -> sandbox.v1.FileInfo
+	5,  // 27: sandbox.v1.SandboxService.Create:input_type -> sandbox.v1.CreateSandboxRequest
+	7,  // 28: sandbox.v1.SandboxService.Run:input_type -> sandbox.v1.RunRequest
+	9,  // 29: sandbox.v1.SandboxService.Exec:input_type -> sandbox.v1.ExecInput
+	12, // 30: sandbox.v1.SandboxService.Stop:input_type -> sandbox.v1.StopSandboxRequest
+	13, // 31: sandbox.v1.SandboxService.Remove:input_type -> sandbox.v1.RemoveSandboxRequest
+	14, // 32: sandbox.v1.SandboxService.Inspect:input_type -> sandbox.v1.InspectSandboxRequest
+	17, // 33: sandbox.v1.SandboxService.List:input_type -> sandbox.v1.ListSandboxesRequest
+	20, // 34: sandbox.v1.SandboxService.Events:input_type -> sandbox.v1.SandboxEventsRequest
+	22, // 35: sandbox.v1.SandboxSnapshotService.Checkpoint:input_type -> sandbox.v1.CheckpointRequest
+	24, // 36: sandbox.v1.SandboxSnapshotService.Restore:input_type -> sandbox.v1.RestoreRequest
+	26, // 37: sandbox.v1.SandboxSnapshotService.ListSnapshots:input_type -> sandbox.v1.ListSnapshotsRequest
+	29, // 38: sandbox.v1.SandboxSnapshotService.DeleteSnapshot:input_type -> sandbox.v1.DeleteSnapshotRequest
+	30, // 39: sandbox.v1.SandboxControlService.SetTTL:input_type -> sandbox.v1.SetTTLRequest
+	31, // 40: sandbox.v1.SandboxControlService.Pause:input_type -> sandbox.v1.PauseSandboxRequest
+	32, // 41: sandbox.v1.SandboxControlService.Resume:input_type -> sandbox.v1.ResumeSandboxRequest
+	33, // 42: sandbox.v1.SandboxControlService.ListWorkloads:input_type -> sandbox.v1.ListWorkloadsRequest
+	36, // 43: sandbox.v1.SandboxControlService.Signal:input_type -> sandbox.v1.SignalRequest
+	37, // 44: sandbox.v1.SandboxFileService.Upload:input_type -> sandbox.v1.UploadRequest
+	41, // 45: sandbox.v1.SandboxFileService.Download:input_type -> sandbox.v1.DownloadRequest
+	43, // 46: sandbox.v1.SandboxFileService.Stat:input_type -> sandbox.v1.StatRequest
+	45, // 47: sandbox.v1.SandboxFileService.List:input_type -> sandbox.v1.ListFilesRequest
+	47, // 48: sandbox.v1.SandboxFileService.Mkdir:input_type -> sandbox.v1.MkdirRequest
+	48, // 49: sandbox.v1.SandboxFileService.Remove:input_type -> sandbox.v1.RemoveFileRequest
+	49, // 50: sandbox.v1.SandboxFileService.Rename:input_type -> sandbox.v1.RenameFileRequest
+	6,  // 51: sandbox.v1.SandboxService.Create:output_type -> sandbox.v1.CreateSandboxResponse
+	8,  // 52: sandbox.v1.SandboxService.Run:output_type -> sandbox.v1.RunOutput
+	11, // 53: sandbox.v1.SandboxService.Exec:output_type -> sandbox.v1.ExecOutput
+	0,  // 54: sandbox.v1.SandboxService.Stop:output_type -> sandbox.v1.Empty
+	0,  // 55: sandbox.v1.SandboxService.Remove:output_type -> sandbox.v1.Empty
+	15, // 56: sandbox.v1.SandboxService.Inspect:output_type -> sandbox.v1.SandboxInfo
+	18, // 57: sandbox.v1.SandboxService.List:output_type -> sandbox.v1.ListSandboxesResponse
+	21, // 58: sandbox.v1.SandboxService.Events:output_type -> sandbox.v1.SandboxEvent
+	23, // 59: sandbox.v1.SandboxSnapshotService.Checkpoint:output_type -> sandbox.v1.CheckpointResponse
+	25, // 60: sandbox.v1.SandboxSnapshotService.Restore:output_type -> sandbox.v1.RestoreResponse
+	27, // 61: sandbox.v1.SandboxSnapshotService.ListSnapshots:output_type -> sandbox.v1.ListSnapshotsResponse
+	0,  // 62: sandbox.v1.SandboxSnapshotService.DeleteSnapshot:output_type -> sandbox.v1.Empty
+	15, // 63: sandbox.v1.SandboxControlService.SetTTL:output_type -> sandbox.v1.SandboxInfo
+	15, // 64: sandbox.v1.SandboxControlService.Pause:output_type -> sandbox.v1.SandboxInfo
+	15, // 65: sandbox.v1.SandboxControlService.Resume:output_type -> sandbox.v1.SandboxInfo
+	34, // 66: sandbox.v1.SandboxControlService.ListWorkloads:output_type -> sandbox.v1.ListWorkloadsResponse
+	0,  // 67: sandbox.v1.SandboxControlService.Signal:output_type -> sandbox.v1.Empty
+	39, // 68: sandbox.v1.SandboxFileService.Upload:output_type -> sandbox.v1.UploadResponse
+	42, // 69: sandbox.v1.SandboxFileService.Download:output_type -> sandbox.v1.DownloadResponse
+	44, // 70: sandbox.v1.SandboxFileService.Stat:output_type -> sandbox.v1.FileInfo
+	46, // 71: sandbox.v1.SandboxFileService.List:output_type -> sandbox.v1.ListFilesResponse
+	0,  // 72: sandbox.v1.SandboxFileService.Mkdir:output_type -> sandbox.v1.Empty
+	0,  // 73: sandbox.v1.SandboxFileService.Remove:output_type -> sandbox.v1.Empty
+	0,  // 74: sandbox.v1.SandboxFileService.Rename:output_type -> sandbox.v1.Empty
+	51, // [51:75] is the sub-list for method output_type
+	27, // [27:51] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_sandbox_v1_sandbox_proto_init() }
@@ -2555,6 +3922,17 @@ func file_sandbox_v1_sandbox_proto_init() {
 		(*ExecInput_Init)(nil),
 		(*ExecInput_Stdin)(nil),
 		(*ExecInput_Resize)(nil),
+		(*ExecInput_Signal)(nil),
+	}
+	file_sandbox_v1_sandbox_proto_msgTypes[37].OneofWrappers = []any{
+		(*UploadRequest_Header)(nil),
+		(*UploadRequest_Chunk)(nil),
+		(*UploadRequest_Digest)(nil),
+	}
+	file_sandbox_v1_sandbox_proto_msgTypes[38].OneofWrappers = []any{}
+	file_sandbox_v1_sandbox_proto_msgTypes[42].OneofWrappers = []any{
+		(*DownloadResponse_Chunk)(nil),
+		(*DownloadResponse_Digest)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2562,9 +3940,9 @@ func file_sandbox_v1_sandbox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandbox_v1_sandbox_proto_rawDesc), len(file_sandbox_v1_sandbox_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   62,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_sandbox_v1_sandbox_proto_goTypes,
 		DependencyIndexes: file_sandbox_v1_sandbox_proto_depIdxs,

@@ -626,9 +626,11 @@ var SandboxSnapshotService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	SandboxControlService_SetTTL_FullMethodName = "/sandbox.v1.SandboxControlService/SetTTL"
-	SandboxControlService_Pause_FullMethodName  = "/sandbox.v1.SandboxControlService/Pause"
-	SandboxControlService_Resume_FullMethodName = "/sandbox.v1.SandboxControlService/Resume"
+	SandboxControlService_SetTTL_FullMethodName        = "/sandbox.v1.SandboxControlService/SetTTL"
+	SandboxControlService_Pause_FullMethodName         = "/sandbox.v1.SandboxControlService/Pause"
+	SandboxControlService_Resume_FullMethodName        = "/sandbox.v1.SandboxControlService/Resume"
+	SandboxControlService_ListWorkloads_FullMethodName = "/sandbox.v1.SandboxControlService/ListWorkloads"
+	SandboxControlService_Signal_FullMethodName        = "/sandbox.v1.SandboxControlService/Signal"
 )
 
 // SandboxControlServiceClient is the client API for SandboxControlService service.
@@ -648,6 +650,13 @@ type SandboxControlServiceClient interface {
 	// Resume continues a paused sandbox (state ready again), sets its guest
 	// clock, and returns the updated record.
 	Resume(ctx context.Context, in *ResumeSandboxRequest, opts ...grpc.CallOption) (*SandboxInfo, error)
+	// ListWorkloads returns the commands running in a sandbox now, oldest
+	// first.
+	ListWorkloads(ctx context.Context, in *ListWorkloadsRequest, opts ...grpc.CallOption) (*ListWorkloadsResponse, error)
+	// Signal sends a signal to a running command: to its process group, or
+	// in terminal mode to the terminal's foreground process group. An
+	// unknown or ended workload is NOT_FOUND.
+	Signal(ctx context.Context, in *SignalRequest, opts ...grpc.CallOption) (*Empty, error)
 }
 
 type sandboxControlServiceClient struct {
@@ -688,6 +697,26 @@ func (c *sandboxControlServiceClient) Resume(ctx context.Context, in *ResumeSand
 	return out, nil
 }
 
+func (c *sandboxControlServiceClient) ListWorkloads(ctx context.Context, in *ListWorkloadsRequest, opts ...grpc.CallOption) (*ListWorkloadsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWorkloadsResponse)
+	err := c.cc.Invoke(ctx, SandboxControlService_ListWorkloads_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sandboxControlServiceClient) Signal(ctx context.Context, in *SignalRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, SandboxControlService_Signal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SandboxControlServiceServer is the server API for SandboxControlService service.
 // All implementations must embed UnimplementedSandboxControlServiceServer
 // for forward compatibility.
@@ -705,6 +734,13 @@ type SandboxControlServiceServer interface {
 	// Resume continues a paused sandbox (state ready again), sets its guest
 	// clock, and returns the updated record.
 	Resume(context.Context, *ResumeSandboxRequest) (*SandboxInfo, error)
+	// ListWorkloads returns the commands running in a sandbox now, oldest
+	// first.
+	ListWorkloads(context.Context, *ListWorkloadsRequest) (*ListWorkloadsResponse, error)
+	// Signal sends a signal to a running command: to its process group, or
+	// in terminal mode to the terminal's foreground process group. An
+	// unknown or ended workload is NOT_FOUND.
+	Signal(context.Context, *SignalRequest) (*Empty, error)
 	mustEmbedUnimplementedSandboxControlServiceServer()
 }
 
@@ -723,6 +759,12 @@ func (UnimplementedSandboxControlServiceServer) Pause(context.Context, *PauseSan
 }
 func (UnimplementedSandboxControlServiceServer) Resume(context.Context, *ResumeSandboxRequest) (*SandboxInfo, error) {
 	return nil, status.Error(codes.Unimplemented, "method Resume not implemented")
+}
+func (UnimplementedSandboxControlServiceServer) ListWorkloads(context.Context, *ListWorkloadsRequest) (*ListWorkloadsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWorkloads not implemented")
+}
+func (UnimplementedSandboxControlServiceServer) Signal(context.Context, *SignalRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Signal not implemented")
 }
 func (UnimplementedSandboxControlServiceServer) mustEmbedUnimplementedSandboxControlServiceServer() {}
 func (UnimplementedSandboxControlServiceServer) testEmbeddedByValue()                               {}
@@ -799,6 +841,42 @@ func _SandboxControlService_Resume_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SandboxControlService_ListWorkloads_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWorkloadsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxControlServiceServer).ListWorkloads(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxControlService_ListWorkloads_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxControlServiceServer).ListWorkloads(ctx, req.(*ListWorkloadsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SandboxControlService_Signal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxControlServiceServer).Signal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxControlService_Signal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxControlServiceServer).Signal(ctx, req.(*SignalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SandboxControlService_ServiceDesc is the grpc.ServiceDesc for SandboxControlService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -818,7 +896,385 @@ var SandboxControlService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Resume",
 			Handler:    _SandboxControlService_Resume_Handler,
 		},
+		{
+			MethodName: "ListWorkloads",
+			Handler:    _SandboxControlService_ListWorkloads_Handler,
+		},
+		{
+			MethodName: "Signal",
+			Handler:    _SandboxControlService_Signal_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
+	Metadata: "sandbox/v1/sandbox.proto",
+}
+
+const (
+	SandboxFileService_Upload_FullMethodName   = "/sandbox.v1.SandboxFileService/Upload"
+	SandboxFileService_Download_FullMethodName = "/sandbox.v1.SandboxFileService/Download"
+	SandboxFileService_Stat_FullMethodName     = "/sandbox.v1.SandboxFileService/Stat"
+	SandboxFileService_List_FullMethodName     = "/sandbox.v1.SandboxFileService/List"
+	SandboxFileService_Mkdir_FullMethodName    = "/sandbox.v1.SandboxFileService/Mkdir"
+	SandboxFileService_Remove_FullMethodName   = "/sandbox.v1.SandboxFileService/Remove"
+	SandboxFileService_Rename_FullMethodName   = "/sandbox.v1.SandboxFileService/Rename"
+)
+
+// SandboxFileServiceClient is the client API for SandboxFileService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// SandboxFileService reads and writes files in a running sandbox through
+// its agent. Paths are absolute guest paths. Transfers stream in chunks:
+// neither the daemon nor the agent holds a whole file in memory.
+type SandboxFileServiceClient interface {
+	// Upload writes a file. The first message carries header, the
+	// following ones chunks of content, and an optional last one digest,
+	// the size and SHA-256 of all chunks, which the daemon checks. The
+	// file replaces the target only once every byte has arrived and
+	// matches the expected size and digest; a transfer that ends early
+	// leaves the target as it was.
+	Upload(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadRequest, UploadResponse], error)
+	// Download streams a regular file's content in chunks, then a last
+	// message with digest, the size and SHA-256 of what was sent.
+	Download(ctx context.Context, in *DownloadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadResponse], error)
+	// Stat describes a path without following a symbolic link.
+	Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*FileInfo, error)
+	// List streams a directory's entries in batches, in the order the
+	// directory returns them.
+	List(ctx context.Context, in *ListFilesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListFilesResponse], error)
+	// Mkdir creates a directory; with parents, as mkdir -p.
+	Mkdir(ctx context.Context, in *MkdirRequest, opts ...grpc.CallOption) (*Empty, error)
+	// Remove removes a file, a symbolic link or an empty directory; with
+	// recursive, a directory and its contents.
+	Remove(ctx context.Context, in *RemoveFileRequest, opts ...grpc.CallOption) (*Empty, error)
+	// Rename renames a path, replacing an existing target as rename(2)
+	// does.
+	Rename(ctx context.Context, in *RenameFileRequest, opts ...grpc.CallOption) (*Empty, error)
+}
+
+type sandboxFileServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewSandboxFileServiceClient(cc grpc.ClientConnInterface) SandboxFileServiceClient {
+	return &sandboxFileServiceClient{cc}
+}
+
+func (c *sandboxFileServiceClient) Upload(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[UploadRequest, UploadResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SandboxFileService_ServiceDesc.Streams[0], SandboxFileService_Upload_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[UploadRequest, UploadResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SandboxFileService_UploadClient = grpc.ClientStreamingClient[UploadRequest, UploadResponse]
+
+func (c *sandboxFileServiceClient) Download(ctx context.Context, in *DownloadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DownloadResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SandboxFileService_ServiceDesc.Streams[1], SandboxFileService_Download_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[DownloadRequest, DownloadResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SandboxFileService_DownloadClient = grpc.ServerStreamingClient[DownloadResponse]
+
+func (c *sandboxFileServiceClient) Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*FileInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FileInfo)
+	err := c.cc.Invoke(ctx, SandboxFileService_Stat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sandboxFileServiceClient) List(ctx context.Context, in *ListFilesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListFilesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SandboxFileService_ServiceDesc.Streams[2], SandboxFileService_List_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ListFilesRequest, ListFilesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SandboxFileService_ListClient = grpc.ServerStreamingClient[ListFilesResponse]
+
+func (c *sandboxFileServiceClient) Mkdir(ctx context.Context, in *MkdirRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, SandboxFileService_Mkdir_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sandboxFileServiceClient) Remove(ctx context.Context, in *RemoveFileRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, SandboxFileService_Remove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sandboxFileServiceClient) Rename(ctx context.Context, in *RenameFileRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, SandboxFileService_Rename_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SandboxFileServiceServer is the server API for SandboxFileService service.
+// All implementations must embed UnimplementedSandboxFileServiceServer
+// for forward compatibility.
+//
+// SandboxFileService reads and writes files in a running sandbox through
+// its agent. Paths are absolute guest paths. Transfers stream in chunks:
+// neither the daemon nor the agent holds a whole file in memory.
+type SandboxFileServiceServer interface {
+	// Upload writes a file. The first message carries header, the
+	// following ones chunks of content, and an optional last one digest,
+	// the size and SHA-256 of all chunks, which the daemon checks. The
+	// file replaces the target only once every byte has arrived and
+	// matches the expected size and digest; a transfer that ends early
+	// leaves the target as it was.
+	Upload(grpc.ClientStreamingServer[UploadRequest, UploadResponse]) error
+	// Download streams a regular file's content in chunks, then a last
+	// message with digest, the size and SHA-256 of what was sent.
+	Download(*DownloadRequest, grpc.ServerStreamingServer[DownloadResponse]) error
+	// Stat describes a path without following a symbolic link.
+	Stat(context.Context, *StatRequest) (*FileInfo, error)
+	// List streams a directory's entries in batches, in the order the
+	// directory returns them.
+	List(*ListFilesRequest, grpc.ServerStreamingServer[ListFilesResponse]) error
+	// Mkdir creates a directory; with parents, as mkdir -p.
+	Mkdir(context.Context, *MkdirRequest) (*Empty, error)
+	// Remove removes a file, a symbolic link or an empty directory; with
+	// recursive, a directory and its contents.
+	Remove(context.Context, *RemoveFileRequest) (*Empty, error)
+	// Rename renames a path, replacing an existing target as rename(2)
+	// does.
+	Rename(context.Context, *RenameFileRequest) (*Empty, error)
+	mustEmbedUnimplementedSandboxFileServiceServer()
+}
+
+// UnimplementedSandboxFileServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedSandboxFileServiceServer struct{}
+
+func (UnimplementedSandboxFileServiceServer) Upload(grpc.ClientStreamingServer[UploadRequest, UploadResponse]) error {
+	return status.Error(codes.Unimplemented, "method Upload not implemented")
+}
+func (UnimplementedSandboxFileServiceServer) Download(*DownloadRequest, grpc.ServerStreamingServer[DownloadResponse]) error {
+	return status.Error(codes.Unimplemented, "method Download not implemented")
+}
+func (UnimplementedSandboxFileServiceServer) Stat(context.Context, *StatRequest) (*FileInfo, error) {
+	return nil, status.Error(codes.Unimplemented, "method Stat not implemented")
+}
+func (UnimplementedSandboxFileServiceServer) List(*ListFilesRequest, grpc.ServerStreamingServer[ListFilesResponse]) error {
+	return status.Error(codes.Unimplemented, "method List not implemented")
+}
+func (UnimplementedSandboxFileServiceServer) Mkdir(context.Context, *MkdirRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Mkdir not implemented")
+}
+func (UnimplementedSandboxFileServiceServer) Remove(context.Context, *RemoveFileRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Remove not implemented")
+}
+func (UnimplementedSandboxFileServiceServer) Rename(context.Context, *RenameFileRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rename not implemented")
+}
+func (UnimplementedSandboxFileServiceServer) mustEmbedUnimplementedSandboxFileServiceServer() {}
+func (UnimplementedSandboxFileServiceServer) testEmbeddedByValue()                            {}
+
+// UnsafeSandboxFileServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to SandboxFileServiceServer will
+// result in compilation errors.
+type UnsafeSandboxFileServiceServer interface {
+	mustEmbedUnimplementedSandboxFileServiceServer()
+}
+
+func RegisterSandboxFileServiceServer(s grpc.ServiceRegistrar, srv SandboxFileServiceServer) {
+	// If the following call panics, it indicates UnimplementedSandboxFileServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&SandboxFileService_ServiceDesc, srv)
+}
+
+func _SandboxFileService_Upload_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SandboxFileServiceServer).Upload(&grpc.GenericServerStream[UploadRequest, UploadResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SandboxFileService_UploadServer = grpc.ClientStreamingServer[UploadRequest, UploadResponse]
+
+func _SandboxFileService_Download_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(DownloadRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SandboxFileServiceServer).Download(m, &grpc.GenericServerStream[DownloadRequest, DownloadResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SandboxFileService_DownloadServer = grpc.ServerStreamingServer[DownloadResponse]
+
+func _SandboxFileService_Stat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxFileServiceServer).Stat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxFileService_Stat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxFileServiceServer).Stat(ctx, req.(*StatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SandboxFileService_List_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ListFilesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SandboxFileServiceServer).List(m, &grpc.GenericServerStream[ListFilesRequest, ListFilesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SandboxFileService_ListServer = grpc.ServerStreamingServer[ListFilesResponse]
+
+func _SandboxFileService_Mkdir_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MkdirRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxFileServiceServer).Mkdir(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxFileService_Mkdir_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxFileServiceServer).Mkdir(ctx, req.(*MkdirRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SandboxFileService_Remove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveFileRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxFileServiceServer).Remove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxFileService_Remove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxFileServiceServer).Remove(ctx, req.(*RemoveFileRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SandboxFileService_Rename_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenameFileRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxFileServiceServer).Rename(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxFileService_Rename_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxFileServiceServer).Rename(ctx, req.(*RenameFileRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// SandboxFileService_ServiceDesc is the grpc.ServiceDesc for SandboxFileService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var SandboxFileService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "sandbox.v1.SandboxFileService",
+	HandlerType: (*SandboxFileServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Stat",
+			Handler:    _SandboxFileService_Stat_Handler,
+		},
+		{
+			MethodName: "Mkdir",
+			Handler:    _SandboxFileService_Mkdir_Handler,
+		},
+		{
+			MethodName: "Remove",
+			Handler:    _SandboxFileService_Remove_Handler,
+		},
+		{
+			MethodName: "Rename",
+			Handler:    _SandboxFileService_Rename_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Upload",
+			Handler:       _SandboxFileService_Upload_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Download",
+			Handler:       _SandboxFileService_Download_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "List",
+			Handler:       _SandboxFileService_List_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "sandbox/v1/sandbox.proto",
 }

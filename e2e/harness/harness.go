@@ -142,7 +142,15 @@ socket_mode = "0600"
 // printed when the test failed.
 func StartDaemon(t testing.TB, bin, netns, assets string) *Daemon {
 	t.Helper()
-	dir := t.TempDir()
+	return StartDaemonIn(t, t.TempDir(), bin, netns, assets)
+}
+
+// StartDaemonIn is StartDaemon with the configuration, socket and data
+// directory in dir, which the caller prepares: for example with a file
+// system mounted at dir/data/snapshots. The daemon stops before the
+// cleanups the caller registered before this call run.
+func StartDaemonIn(t testing.TB, dir, bin, netns, assets string) *Daemon {
+	t.Helper()
 	d := &Daemon{
 		Bin: bin, Netns: netns, Assets: assets,
 		DataDir:    filepath.Join(dir, "data"),
