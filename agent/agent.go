@@ -11,6 +11,7 @@ package agent
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -166,19 +167,38 @@ func (s *Server) HandleConn(ctx context.Context, port uint32, conn net.Conn) {
 	}
 }
 
+// maxRetainedFrame is the largest encoding buffer a frameWriter keeps
+// between frames: an output chunk and its header.
+const maxRetainedFrame = 64 << 10
+
 // frameWriter serialises frames written by concurrent goroutines of one
-// session, so that frames never interleave on the connection.
+// session, so that frames never interleave on the connection. It encodes
+// each frame into one reused buffer and writes it with one Write.
 type frameWriter struct {
 	mu   sync.Mutex
 	conn io.Writer
 	// exitDetail is set when START asked for EXIT_DETAIL before EXIT.
 	exitDetail bool
+	buf        []byte // guarded by mu
 }
 
 func (w *frameWriter) write(t agentproto.FrameType, payload []byte) error {
+	if len(payload) > agentproto.MaxPayload {
+		return agentproto.ErrPayloadTooLarge
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return agentproto.WriteFrame(w.conn, t, payload)
+	return w.flush(agentproto.AppendFrame(w.buf[:0], t, payload))
+}
+
+// flush writes b, the encoded frames, and keeps b for the next frames
+// unless it has grown past maxRetainedFrame. The caller holds w.mu.
+func (w *frameWriter) flush(b []byte) error {
+	_, err := w.conn.Write(b)
+	if cap(b) <= maxRetainedFrame {
+		w.buf = b[:0]
+	}
+	return err
 }
 
 // writeChunked writes data as frames of type t, splitting it so that no
@@ -207,16 +227,23 @@ func (w *frameWriter) fail(code int32, reason, msg string) error {
 // exit ends an exec session: EXIT_DETAIL when START asked for it, then
 // EXIT with the same code.
 func (w *frameWriter) exit(detail agentproto.ExitDetail) error {
+	var payload []byte
 	if w.exitDetail {
-		payload, err := json.Marshal(detail)
-		if err != nil {
+		var err error
+		if payload, err = json.Marshal(detail); err != nil {
 			return fmt.Errorf("encode EXIT_DETAIL: %w", err)
 		}
-		if err := w.write(agentproto.TypeExitDetail, payload); err != nil {
-			return err
-		}
 	}
-	return w.write(agentproto.TypeExit, agentproto.EncodeExit(detail.ExitCode))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	// Both frames go out in one write.
+	b := w.buf[:0]
+	if w.exitDetail {
+		b = agentproto.AppendFrame(b, agentproto.TypeExitDetail, payload)
+	}
+	var code [4]byte
+	binary.LittleEndian.PutUint32(code[:], uint32(detail.ExitCode))
+	return w.flush(agentproto.AppendFrame(b, agentproto.TypeExit, code[:]))
 }
 
 // wantsExitDetail reports whether a START payload that failed validation

@@ -24,8 +24,10 @@ const eofChar = 0x04
 // is closed. Neither open stdin nor running background descendants delay
 // this.
 type session struct {
-	srv   *Server
-	conn  net.Conn
+	srv  *Server
+	conn net.Conn
+	// in reads the host's frames after START.
+	in    *agentproto.FrameReader
 	out   *frameWriter
 	req   agentproto.StartRequest
 	child *child
@@ -48,8 +50,9 @@ type session struct {
 
 func (s *Server) serveExec(conn net.Conn) {
 	out := &frameWriter{conn: conn}
+	in := agentproto.NewFrameReader(conn)
 
-	f, err := agentproto.ReadFrame(conn)
+	f, err := in.Next()
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		return
@@ -60,7 +63,7 @@ func (s *Server) serveExec(conn net.Conn) {
 
 	switch f.Type {
 	case agentproto.TypeStart:
-		s.runStart(conn, out, f.Payload)
+		s.runStart(conn, in, out, f.Payload)
 	case agentproto.TypeClockSync:
 		s.syncClock(out, f.Payload)
 	default:
@@ -94,7 +97,7 @@ func (s *Server) syncClock(out *frameWriter, payload []byte) {
 	_ = out.write(agentproto.TypeExit, agentproto.EncodeExit(0))
 }
 
-func (s *Server) runStart(conn net.Conn, out *frameWriter, payload []byte) {
+func (s *Server) runStart(conn net.Conn, in *agentproto.FrameReader, out *frameWriter, payload []byte) {
 	req, err := agentproto.DecodeStart(payload)
 	if err != nil {
 		out.exitDetail = wantsExitDetail(payload)
@@ -106,7 +109,7 @@ func (s *Server) runStart(conn net.Conn, out *frameWriter, payload []byte) {
 		s.rewriteStart(&req)
 	}
 
-	sess, serr := s.startSession(conn, out, req)
+	sess, serr := s.startSession(conn, in, out, req)
 	if serr != nil {
 		s.rejectExec(out, serr)
 		return
@@ -116,13 +119,13 @@ func (s *Server) runStart(conn net.Conn, out *frameWriter, payload []byte) {
 
 // startSession starts req's command with pipes or a terminal as its stdio
 // and registers the session with the server.
-func (s *Server) startSession(conn net.Conn, out *frameWriter, req agentproto.StartRequest) (_ *session, serr *startError) {
+func (s *Server) startSession(conn net.Conn, in *agentproto.FrameReader, out *frameWriter, req agentproto.StartRequest) (_ *session, serr *startError) {
 	cmd, serr := prepareCommand(req)
 	if serr != nil {
 		return nil, serr
 	}
 
-	sess := &session{srv: s, conn: conn, out: out, req: req, done: make(chan struct{})}
+	sess := &session{srv: s, conn: conn, in: in, out: out, req: req, done: make(chan struct{})}
 	stdio, err := sess.openStdio()
 	if err != nil {
 		return nil, &startError{ExitCannotExecute, agentproto.ReasonCannotStart, err.Error()}
@@ -302,7 +305,7 @@ func (sess *session) exitDetail() agentproto.ExitDetail {
 func (sess *session) readFrames() {
 	stdinOpen := true
 	for {
-		f, err := agentproto.ReadFrame(sess.conn)
+		f, err := sess.in.Next()
 		if errors.Is(err, agentproto.ErrPayloadTooLarge) {
 			sess.abort(err.Error())
 			return

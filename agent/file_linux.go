@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/hearthvm/hearth/agentproto"
 )
 
@@ -39,10 +41,38 @@ var transferBuffers = sync.Pool{
 	},
 }
 
+// transferSocketBuffer is the send and receive buffer size a transfer
+// requests on a socket. On a Unix stream socket (the Firecracker double's
+// transport) the sender's buffer bounds the bytes in flight, and the
+// default of about 208 KiB makes the two ends wait for each other
+// several times per DATA chunk. The kernel caps it at net.core.wmem_max
+// and net.core.rmem_max.
+const transferSocketBuffer = 4 << 20
+
+// growSocketBuffers requests transferSocketBuffer on conn when it is a
+// socket. Failure is harmless: the transfer runs with the default
+// buffers.
+func growSocketBuffers(conn net.Conn) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = raw.Control(func(fd uintptr) {
+		_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, transferSocketBuffer)
+		_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, transferSocketBuffer)
+	})
+}
+
 // fileRequest is one request on the file channel.
 type fileRequest struct {
 	srv  *Server
 	conn net.Conn
+	// in reads every frame of conn after the request's first.
+	in   *agentproto.FrameReader
 	fsys fileSystem
 }
 
@@ -50,9 +80,9 @@ type fileRequest struct {
 // the reference protocol, and the hearth requests STAT, LIST, MKDIR,
 // REMOVE and RENAME.
 func (s *Server) serveFile(conn net.Conn) {
-	req := &fileRequest{srv: s, conn: conn}
+	req := &fileRequest{srv: s, conn: conn, in: agentproto.NewFrameReader(conn)}
 	req.touchDeadline()
-	f, err := agentproto.ReadFrame(conn)
+	f, err := req.in.Next()
 	if errors.Is(err, io.EOF) {
 		return
 	}
@@ -71,8 +101,10 @@ func (s *Server) serveFile(conn net.Conn) {
 
 	switch f.Type {
 	case agentproto.TypeWriteReq:
+		growSocketBuffers(conn)
 		req.write(f.Payload)
 	case agentproto.TypeReadReq:
+		growSocketBuffers(conn)
 		req.read(f.Payload)
 	case agentproto.TypeStat:
 		req.stat(f.Payload)
@@ -151,19 +183,28 @@ func plainError(err error) string {
 
 // upload is a WRITE_REQ in progress: the content goes to a temporary file
 // in the target's directory, which replaces the target only once every
-// byte has arrived and matches the expected size and SHA-256.
+// byte has arrived and matches the expected size and checksums.
 type upload struct {
 	req     agentproto.WriteRequest
 	fsys    fileSystem
 	dir     string // parent directory of the target, as a guest path
 	tmpName string
 	tmp     *os.File
+	// hash computes the checksum that WRITE_REQ announces for DIGEST,
+	// and sha the SHA-256 for the sha256 field of WRITE_REQ when the
+	// DIGEST uses another algorithm. sha is nil when not needed.
 	hash    hash.Hash
+	sha     hash.Hash
 	written int64
 	// failed is the first failure of the upload. The rest of the data
 	// is then read and discarded, so the host reads ERR after DONE.
 	failed string
 	digest *agentproto.Digest
+	// replaced holds the inode of the target that the rename replaced,
+	// so the kernel frees its content when discard closes it, after the
+	// ACK, rather than inside rename(2). Freeing 1 GiB on tmpfs took
+	// about 165 ms on a 2-core development host.
+	replaced *os.File
 }
 
 func (r *fileRequest) write(payload []byte) {
@@ -173,7 +214,7 @@ func (r *fileRequest) write(payload []byte) {
 		return
 	}
 
-	up := &upload{req: req, fsys: r.fsys, dir: path.Dir(path.Clean("/" + req.Path)), hash: sha256.New()}
+	up := newUpload(req, r.fsys)
 	if msg := up.begin(); msg != "" {
 		r.drainThenReject(msg)
 		return
@@ -186,7 +227,7 @@ func (r *fileRequest) write(payload []byte) {
 
 	for {
 		r.touchDeadline()
-		t, n, err := agentproto.ReadHeader(r.conn)
+		t, n, err := r.in.ReadHeader()
 		if err != nil {
 			r.srv.log.Info("file write cut short; the target was left unchanged", "path", req.Path, "bytes", up.written, "err", err)
 			r.reject(fmt.Sprintf("write %q: transfer cut short after %d bytes: %v", req.Path, up.written, err))
@@ -194,20 +235,20 @@ func (r *fileRequest) write(payload []byte) {
 		}
 		switch t {
 		case agentproto.TypeData:
-			if err := up.receive(r.conn, n, (*bufp)[agentproto.HeaderSize:]); err != nil {
+			if err := up.receive(r.in, n, (*bufp)[agentproto.HeaderSize:]); err != nil {
 				r.srv.log.Info("file write cut short; the target was left unchanged", "path", req.Path, "bytes", up.written, "err", err)
 				r.reject(fmt.Sprintf("write %q: transfer cut short after %d bytes: %v", req.Path, up.written, err))
 				return
 			}
 		case agentproto.TypeDigest:
-			d, err := readDigest(r.conn, n)
+			d, err := readDigest(r.in, n)
 			if err != nil {
 				r.reject(err.Error())
 				return
 			}
 			up.digest = &d
 		case agentproto.TypeDone:
-			if _, err := io.CopyN(io.Discard, r.conn, int64(n)); err != nil {
+			if _, err := io.CopyN(io.Discard, r.in, int64(n)); err != nil {
 				return
 			}
 			if msg := up.commit(); msg != "" {
@@ -230,6 +271,15 @@ func readDigest(conn io.Reader, n int) (agentproto.Digest, error) {
 		return agentproto.Digest{}, fmt.Errorf("read DIGEST: %w", err)
 	}
 	return agentproto.DecodeDigest(payload)
+}
+
+func newUpload(req agentproto.WriteRequest, fsys fileSystem) *upload {
+	up := &upload{req: req, fsys: fsys, dir: path.Dir(path.Clean("/" + req.Path)),
+		hash: agentproto.NewHash(req.Checksum)}
+	if req.SHA256 != "" && req.Checksum.OrDefault() != agentproto.ChecksumSHA256 {
+		up.sha = sha256.New()
+	}
+	return up
 }
 
 // begin creates the parent directories when asked and the temporary
@@ -275,6 +325,9 @@ func (up *upload) receive(conn io.Reader, n int, buf []byte) error {
 			continue
 		}
 		up.hash.Write(chunk)
+		if up.sha != nil {
+			up.sha.Write(chunk)
+		}
 		if _, err := up.tmp.Write(chunk); err != nil {
 			up.failed = describe("write", up.req.Path, err)
 			continue
@@ -284,31 +337,26 @@ func (up *upload) receive(conn io.Reader, n int, buf []byte) error {
 	return nil
 }
 
-// commit checks the content against the expected size and SHA-256, then
-// makes it durable and renames it over the target.
+// commit checks the content against the expected size and checksums,
+// then makes it durable and renames it over the target.
 func (up *upload) commit() string {
 	if up.failed != "" {
 		return up.failed
 	}
+	if msg := up.check(); msg != "" {
+		return msg
+	}
+
 	target := up.req.Path
-	if up.req.Size != nil && *up.req.Size != up.written {
-		return fmt.Sprintf("write %q: received %d bytes, want %d (the size in WRITE_REQ); the target was left unchanged", target, up.written, *up.req.Size)
-	}
-	sum := hex.EncodeToString(up.hash.Sum(nil))
-	if up.req.SHA256 != "" && up.req.SHA256 != sum {
-		return fmt.Sprintf("write %q: content SHA-256 is %s, want %s (the sha256 in WRITE_REQ); the target was left unchanged", target, sum, up.req.SHA256)
-	}
-	if d := up.digest; d != nil {
-		if d.Size != up.written {
-			return fmt.Sprintf("write %q: received %d bytes, want %d (the size in DIGEST); the target was left unchanged", target, up.written, d.Size)
-		}
-		if d.SHA256 != sum {
-			return fmt.Sprintf("write %q: content SHA-256 is %s, want %s (the sha256 in DIGEST); the target was left unchanged", target, sum, d.SHA256)
-		}
-	}
 
 	if err := up.finishTemp(); err != nil {
 		return describe("write", target, err)
+	}
+	// O_PATH opens no device and reads nothing; O_NOFOLLOW holds a
+	// symbolic link itself. A target that cannot be held is simply
+	// freed by the rename.
+	if old, err := up.fsys.OpenFile(target, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+		up.replaced = old
 	}
 	if err := up.fsys.Rename(up.tmpName, target); err != nil {
 		return describe("write", target, err)
@@ -318,6 +366,52 @@ func (up *upload) commit() string {
 		return describe("write", target, fmt.Errorf("sync directory %q: %w", up.dir, err))
 	}
 	return ""
+}
+
+// check compares what arrived with the size and SHA-256 of WRITE_REQ
+// and with the DIGEST, and returns the message for the host on a
+// mismatch.
+func (up *upload) check() string {
+	target := up.req.Path
+	if up.req.Size != nil && *up.req.Size != up.written {
+		return fmt.Sprintf("write %q: received %d bytes, want %d (the size in WRITE_REQ); the target was left unchanged", target, up.written, *up.req.Size)
+	}
+
+	algorithm := up.req.Checksum.OrDefault()
+	sum := hex.EncodeToString(up.hash.Sum(nil))
+	if up.req.SHA256 != "" {
+		shaSum := sum
+		if up.sha != nil {
+			shaSum = hex.EncodeToString(up.sha.Sum(nil))
+		}
+		if up.req.SHA256 != shaSum {
+			return fmt.Sprintf("write %q: content SHA-256 is %s, want %s (the sha256 in WRITE_REQ); the target was left unchanged", target, shaSum, up.req.SHA256)
+		}
+	}
+
+	d := up.digest
+	if d == nil {
+		return ""
+	}
+	if d.Size != up.written {
+		return fmt.Sprintf("write %q: received %d bytes, want %d (the size in DIGEST); the target was left unchanged", target, up.written, d.Size)
+	}
+	got, want := d.Checksum()
+	if got != algorithm {
+		return fmt.Sprintf("write %q: DIGEST carries a %s checksum, but WRITE_REQ announced %s; the target was left unchanged", target, got, algorithm)
+	}
+	if want != sum {
+		return fmt.Sprintf("write %q: content %s is %s, want %s (the %s in DIGEST); the target was left unchanged", target, checksumName(algorithm), sum, want, algorithm)
+	}
+	return ""
+}
+
+// checksumName is the name of a checksum algorithm in messages.
+func checksumName(c agentproto.Checksum) string {
+	if c == agentproto.ChecksumCRC32C {
+		return "CRC-32C"
+	}
+	return "SHA-256"
 }
 
 // finishTemp sets the owner and mode of the temporary file, flushes it to
@@ -351,10 +445,14 @@ func (up *upload) finishTemp() error {
 	return err
 }
 
-// discard closes and removes the temporary file unless commit renamed it.
+// discard closes and removes the temporary file unless commit renamed
+// it, and releases the replaced target.
 func (up *upload) discard() {
 	if up.tmp != nil {
 		up.tmp.Close()
+	}
+	if up.replaced != nil {
+		up.replaced.Close()
 	}
 	if up.tmpName != "" {
 		_ = up.fsys.Remove(up.tmpName)
@@ -376,11 +474,11 @@ func syncDir(fsys fileSystem, dir string) error {
 func (r *fileRequest) drainThenReject(msg string) {
 	for {
 		r.touchDeadline()
-		t, n, err := agentproto.ReadHeader(r.conn)
+		t, n, err := r.in.ReadHeader()
 		if err != nil {
 			break
 		}
-		if _, err := io.CopyN(io.Discard, r.conn, int64(n)); err != nil {
+		if _, err := io.CopyN(io.Discard, r.in, int64(n)); err != nil {
 			break
 		}
 		if t != agentproto.TypeData && t != agentproto.TypeDigest {
@@ -418,48 +516,56 @@ func (r *fileRequest) read(payload []byte) {
 		return
 	}
 
-	n, sum, err := r.sendData(f)
+	var h hash.Hash
+	if req.Digest {
+		h = agentproto.NewHash(req.Checksum)
+	}
+	n, err := r.sendData(f, h)
 	if err != nil {
 		// The host may have read some DATA already; ERR in place of DONE
 		// tells it the content is incomplete.
 		r.reject(describe("read", req.Path, err))
 		return
 	}
-	if err := agentproto.WriteFrame(r.conn, agentproto.TypeDone, nil); err != nil {
-		return
-	}
+	// DONE and DIGEST go out in one write.
+	end := agentproto.AppendFrame(nil, agentproto.TypeDone, nil)
 	if req.Digest {
-		d, err := json.Marshal(agentproto.Digest{Size: n, SHA256: sum})
+		sum := hex.EncodeToString(h.Sum(nil))
+		d, err := json.Marshal(agentproto.NewDigest(n, req.Checksum.OrDefault(), sum))
 		if err == nil {
-			_ = agentproto.WriteFrame(r.conn, agentproto.TypeDigest, d)
+			end = agentproto.AppendFrame(end, agentproto.TypeDigest, d)
 		}
+	}
+	if _, err := r.conn.Write(end); err != nil {
+		return
 	}
 	r.srv.log.Debug("file read", "path", req.Path, "bytes", n)
 }
 
-// sendData streams f as DATA frames and returns its length and hex
-// SHA-256.
-func (r *fileRequest) sendData(f *os.File) (int64, string, error) {
+// sendData streams f as DATA frames, feeding h unless it is nil, and
+// returns the length sent.
+func (r *fileRequest) sendData(f *os.File, h hash.Hash) (int64, error) {
 	bufp := transferBuffers.Get().(*[]byte)
 	defer transferBuffers.Put(bufp)
 	buf := *bufp
-	h := sha256.New()
 	var total int64
 	for {
 		n, err := f.Read(buf[agentproto.HeaderSize:])
 		if n > 0 {
-			h.Write(buf[agentproto.HeaderSize : agentproto.HeaderSize+n])
+			if h != nil {
+				h.Write(buf[agentproto.HeaderSize : agentproto.HeaderSize+n])
+			}
 			agentproto.PutHeader(buf, agentproto.TypeData, n)
 			if _, werr := r.conn.Write(buf[:agentproto.HeaderSize+n]); werr != nil {
-				return total, "", fmt.Errorf("send DATA: %w", werr)
+				return total, fmt.Errorf("send DATA: %w", werr)
 			}
 			total += int64(n)
 		}
 		if errors.Is(err, io.EOF) {
-			return total, hex.EncodeToString(h.Sum(nil)), nil
+			return total, nil
 		}
 		if err != nil {
-			return total, "", err
+			return total, err
 		}
 	}
 }

@@ -74,7 +74,12 @@ func Exec(ctx context.Context, conn net.Conn, req agentproto.StartRequest, stdio
 		defer wmu.Unlock()
 		return agentproto.WriteFrame(conn, t, payload)
 	}
-	if err := send(agentproto.TypeStart, start); err != nil {
+	first := agentproto.AppendFrame(make([]byte, 0, 2*agentproto.HeaderSize+len(start)), agentproto.TypeStart, start)
+	if stdio.Stdin == nil {
+		// Without stdin, EOF goes out with START in one write.
+		first = agentproto.AppendFrame(first, agentproto.TypeEOF, nil)
+	}
+	if _, err := conn.Write(first); err != nil {
 		return Result{}, fmt.Errorf("send START: %w", err)
 	}
 
@@ -83,7 +88,9 @@ func Exec(ctx context.Context, conn net.Conn, req agentproto.StartRequest, stdio
 
 	inputDone := make(chan struct{})
 	defer close(inputDone)
-	go forwardStdin(stdio.Stdin, send, inputDone)
+	if stdio.Stdin != nil {
+		go forwardStdin(stdio.Stdin, send, inputDone)
+	}
 	if stdio.Resize != nil {
 		go forwardResize(stdio.Resize, send, inputDone)
 	}
@@ -101,23 +108,21 @@ func Exec(ctx context.Context, conn net.Conn, req agentproto.StartRequest, stdio
 // forwardStdin copies stdin as STDIN frames and sends EOF when it ends.
 // Send errors end it quietly: the reader side reports the broken session.
 func forwardStdin(stdin io.Reader, send func(agentproto.FrameType, []byte) error, done <-chan struct{}) {
-	if stdin != nil {
-		buf := make([]byte, stdinChunk)
-		for {
-			n, err := stdin.Read(buf)
-			if n > 0 {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				if send(agentproto.TypeStdin, buf[:n]) != nil {
-					return
-				}
+	buf := make([]byte, stdinChunk)
+	for {
+		n, err := stdin.Read(buf)
+		if n > 0 {
+			select {
+			case <-done:
+				return
+			default:
 			}
-			if err != nil {
-				break
+			if send(agentproto.TypeStdin, buf[:n]) != nil {
+				return
 			}
+		}
+		if err != nil {
+			break
 		}
 	}
 	select {
@@ -167,9 +172,10 @@ func readOutput(r io.Reader, stdout, stderr io.Writer) (Result, error) {
 	if stderr == nil {
 		stderr = io.Discard
 	}
+	in := agentproto.NewFrameReader(r)
 	var detail *agentproto.ExitDetail
 	for {
-		f, err := agentproto.ReadFrame(r)
+		f, err := in.Next()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return Result{}, errors.New("agent closed the exec session before EXIT")

@@ -2,7 +2,6 @@ package agentclient
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -34,21 +33,59 @@ type WriteOptions struct {
 	Size int64
 	// Mkdirs creates missing parent directories with mode 0755.
 	Mkdirs bool
+	// Checksum is the algorithm of the digest the agent checks before
+	// the file replaces the target. Empty means agentproto.ChecksumCRC32C,
+	// which detects corruption at memory speed; agentproto.ChecksumSHA256
+	// costs about a second per GiB and core on each end. The byte count
+	// is checked either way.
+	Checksum agentproto.Checksum
 }
 
+// ReadOptions describes a file to download.
+type ReadOptions struct {
+	// Path is the file's path in the guest.
+	Path string
+	// Checksum is the algorithm of the digest the agent sends and
+	// Download checks, as in WriteOptions. Empty means
+	// agentproto.ChecksumCRC32C.
+	Checksum agentproto.Checksum
+}
+
+// checksumOrDefault returns c, or CRC-32C when c is empty.
+func checksumOrDefault(c agentproto.Checksum) (agentproto.Checksum, error) {
+	if c == "" {
+		return agentproto.ChecksumCRC32C, nil
+	}
+	if !c.Valid() {
+		return "", fmt.Errorf("unknown checksum algorithm %q; want %q or %q", c, agentproto.ChecksumCRC32C, agentproto.ChecksumSHA256)
+	}
+	return c, nil
+}
+
+// transferBuffer is the size of the buffer of a transfer: one frame
+// header and one DATA chunk.
+const transferBuffer = agentproto.HeaderSize + agentproto.DataChunk
+
 // Upload streams r into a file in the guest over conn, an open stream to
-// the agent's file port. It computes the SHA-256 while sending and lets
-// the agent check it and the byte count before the file replaces the
-// target, so the target either gets all of r or stays as it was. Memory
+// the agent's file port. It computes the checksum of opts.Checksum while
+// sending and lets the agent check it and the byte count before the file
+// replaces the target, so the target either gets all of r or stays as it
+// was. Memory
 // use does not depend on the size of r. It closes conn. When r fails,
 // Upload closes conn before DONE, which makes the agent discard the
 // transfer, and returns r's error.
 func Upload(ctx context.Context, conn net.Conn, opts WriteOptions, r io.Reader) error {
 	defer conn.Close()
+	checksum, err := checksumOrDefault(opts.Checksum)
+	if err != nil {
+		return fmt.Errorf("upload %q: %w", opts.Path, err)
+	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	growSocketBuffers(conn)
 
-	req := agentproto.WriteRequest{Path: opts.Path, Mode: modeBits(opts.Mode), UID: opts.UID, GID: opts.GID, Mkdirs: opts.Mkdirs}
+	req := agentproto.WriteRequest{Path: opts.Path, Mode: modeBits(opts.Mode), UID: opts.UID, GID: opts.GID,
+		Mkdirs: opts.Mkdirs, Checksum: checksum}
 	if opts.Size > 0 {
 		req.Size = &opts.Size
 	}
@@ -60,7 +97,7 @@ func Upload(ctx context.Context, conn net.Conn, opts WriteOptions, r io.Reader) 
 		return ctxOr(ctx, sendFailure(conn, fmt.Errorf("upload %q: send WRITE_REQ: %w", opts.Path, err)))
 	}
 
-	digest, err := sendData(conn, r, opts.Path)
+	digest, err := sendData(conn, r, opts.Path, checksum)
 	if err != nil {
 		return ctxOr(ctx, err)
 	}
@@ -68,20 +105,20 @@ func Upload(ctx context.Context, conn net.Conn, opts WriteOptions, r io.Reader) 
 	if err != nil {
 		return err
 	}
-	if err := agentproto.WriteFrame(conn, agentproto.TypeDigest, d); err != nil {
-		return ctxOr(ctx, sendFailure(conn, fmt.Errorf("upload %q: send DIGEST: %w", opts.Path, err)))
-	}
-	if err := agentproto.WriteFrame(conn, agentproto.TypeDone, nil); err != nil {
-		return ctxOr(ctx, sendFailure(conn, fmt.Errorf("upload %q: send DONE: %w", opts.Path, err)))
+	// DIGEST and DONE go out in one write.
+	end := agentproto.AppendFrame(nil, agentproto.TypeDigest, d)
+	end = agentproto.AppendFrame(end, agentproto.TypeDone, nil)
+	if _, err := conn.Write(end); err != nil {
+		return ctxOr(ctx, sendFailure(conn, fmt.Errorf("upload %q: send DIGEST and DONE: %w", opts.Path, err)))
 	}
 	return ctxOr(ctx, readAck(conn, fmt.Sprintf("upload %q", opts.Path)))
 }
 
 // sendData streams r as DATA frames through one reused buffer and
 // returns the digest of what it sent.
-func sendData(conn net.Conn, r io.Reader, path string) (agentproto.Digest, error) {
-	buf := make([]byte, agentproto.HeaderSize+agentproto.DataChunk)
-	h := sha256.New()
+func sendData(conn net.Conn, r io.Reader, path string, checksum agentproto.Checksum) (agentproto.Digest, error) {
+	buf := make([]byte, transferBuffer)
+	h := agentproto.NewHash(checksum)
 	var total int64
 	for {
 		n, rerr := r.Read(buf[agentproto.HeaderSize:])
@@ -94,7 +131,7 @@ func sendData(conn net.Conn, r io.Reader, path string) (agentproto.Digest, error
 			total += int64(n)
 		}
 		if errors.Is(rerr, io.EOF) {
-			return agentproto.Digest{Size: total, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+			return agentproto.NewDigest(total, checksum, hex.EncodeToString(h.Sum(nil))), nil
 		}
 		if rerr != nil {
 			return agentproto.Digest{}, fmt.Errorf("upload %q: read source after %d bytes: %w", path, total, rerr)
@@ -138,38 +175,49 @@ func ctxOr(ctx context.Context, err error) error {
 
 // Download streams the guest file at path into w over conn, an open
 // stream to the agent's file port, and returns the number of bytes
-// written. It requests the size and SHA-256 of what the agent sent and
+// written. It requests the size and CRC-32C of what the agent sent and
 // checks both, so an error means w may hold partial or wrong content.
 // Memory use does not depend on the file's size. It closes conn.
 func Download(ctx context.Context, conn net.Conn, path string, w io.Writer) (n int64, err error) {
+	return DownloadWithOptions(ctx, conn, ReadOptions{Path: path}, w)
+}
+
+// DownloadWithOptions is Download with a choice of checksum.
+func DownloadWithOptions(ctx context.Context, conn net.Conn, opts ReadOptions, w io.Writer) (n int64, err error) {
 	defer conn.Close()
+	path := opts.Path
+	checksum, err := checksumOrDefault(opts.Checksum)
+	if err != nil {
+		return 0, fmt.Errorf("download %q: %w", path, err)
+	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	growSocketBuffers(conn)
 
-	payload, err := json.Marshal(agentproto.ReadRequest{Path: path, Digest: true})
+	payload, err := json.Marshal(agentproto.ReadRequest{Path: path, Digest: true, Checksum: checksum})
 	if err != nil {
 		return 0, err
 	}
 	if err := agentproto.WriteFrame(conn, agentproto.TypeReadReq, payload); err != nil {
 		return 0, ctxOr(ctx, fmt.Errorf("download %q: send READ_REQ: %w", path, err))
 	}
-	n, err = receiveData(conn, path, w)
+	n, err = receiveData(agentproto.NewFrameReader(conn), path, checksum, w)
 	return n, ctxOr(ctx, err)
 }
 
-func receiveData(conn net.Conn, path string, w io.Writer) (int64, error) {
+func receiveData(in *agentproto.FrameReader, path string, checksum agentproto.Checksum, w io.Writer) (int64, error) {
 	buf := make([]byte, agentproto.DataChunk)
-	h := sha256.New()
+	h := agentproto.NewHash(checksum)
 	dst := io.MultiWriter(w, h)
 	var total int64
 	for {
-		t, n, err := agentproto.ReadHeader(conn)
+		t, n, err := in.ReadHeader()
 		if err != nil {
 			return total, fmt.Errorf("download %q: connection failed after %d bytes: %w", path, total, err)
 		}
 		switch t {
 		case agentproto.TypeData:
-			copied, err := io.CopyBuffer(dst, io.LimitReader(conn, int64(n)), buf)
+			copied, err := io.CopyBuffer(dst, io.LimitReader(in, int64(n)), buf)
 			total += copied
 			if err != nil {
 				return total, fmt.Errorf("download %q: after %d bytes: %w", path, total, err)
@@ -178,13 +226,13 @@ func receiveData(conn net.Conn, path string, w io.Writer) (int64, error) {
 				return total, fmt.Errorf("download %q: connection failed after %d bytes: %w", path, total, io.ErrUnexpectedEOF)
 			}
 		case agentproto.TypeDone:
-			if _, err := io.CopyN(io.Discard, conn, int64(n)); err != nil {
+			if _, err := io.CopyN(io.Discard, in, int64(n)); err != nil {
 				return total, fmt.Errorf("download %q: read DONE: %w", path, err)
 			}
-			return total, checkDigest(conn, path, total, hex.EncodeToString(h.Sum(nil)))
+			return total, checkDigest(in, path, total, checksum, hex.EncodeToString(h.Sum(nil)))
 		case agentproto.TypeErr:
 			msg := make([]byte, n)
-			if _, err := io.ReadFull(conn, msg); err != nil {
+			if _, err := io.ReadFull(in, msg); err != nil {
 				return total, fmt.Errorf("download %q: read ERR: %w", path, err)
 			}
 			return total, fmt.Errorf("%w: %s", ErrRejected, msg)
@@ -196,8 +244,8 @@ func receiveData(conn net.Conn, path string, w io.Writer) (int64, error) {
 
 // checkDigest reads the DIGEST that follows DONE and compares it with
 // what arrived.
-func checkDigest(conn net.Conn, path string, size int64, sum string) error {
-	f, err := agentproto.ReadFrame(conn)
+func checkDigest(in *agentproto.FrameReader, path string, size int64, checksum agentproto.Checksum, sum string) error {
+	f, err := in.Next()
 	if err != nil {
 		return fmt.Errorf("download %q: read DIGEST: %w", path, err)
 	}
@@ -211,8 +259,13 @@ func checkDigest(conn net.Conn, path string, size int64, sum string) error {
 	if d.Size != size {
 		return fmt.Errorf("download %q: received %d bytes, the agent sent %d", path, size, d.Size)
 	}
-	if d.SHA256 != sum {
-		return fmt.Errorf("download %q: received content has SHA-256 %s, the agent sent %s", path, sum, d.SHA256)
+	got, agentSum := d.Checksum()
+	if got != checksum {
+		return fmt.Errorf("download %q: the agent sent a %s digest, want %s; the agent may predate checksum choice, so retry with %s",
+			path, got, checksum, agentproto.ChecksumSHA256)
+	}
+	if agentSum != sum {
+		return fmt.Errorf("download %q: received content has %s %s, the agent sent %s", path, checksum, sum, agentSum)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package agentclient
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -348,4 +349,90 @@ func TestFileRequests(t *testing.T) {
 	if _, err := os.Stat(ta.path("/a")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("got %v for /a after removal, want it gone", err)
 	}
+}
+
+// TestTransferChecksums sends a file each way with every checksum
+// choice and checks the content on both ends.
+func TestTransferChecksums(t *testing.T) {
+	ta := startAgent(t, agent.Options{})
+	ctx := testContext(t)
+	const size = 3<<20 + 17
+	want := sha256.New()
+	if _, err := io.Copy(want, randomStream(2, size)); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		checksum agentproto.Checksum
+	}{
+		{"default (CRC-32C)", ""},
+		{"CRC-32C", agentproto.ChecksumCRC32C},
+		{"SHA-256", agentproto.ChecksumSHA256},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := WriteOptions{Path: "/c", Size: size, Checksum: tt.checksum}
+			if err := Upload(ctx, ta.dial(t, agentproto.PortFile), opts, randomStream(2, size)); err != nil {
+				t.Fatalf("upload: %v", err)
+			}
+			got := sha256.New()
+			n, err := DownloadWithOptions(ctx, ta.dial(t, agentproto.PortFile), ReadOptions{Path: "/c", Checksum: tt.checksum}, got)
+			if err != nil {
+				t.Fatalf("download: %v", err)
+			}
+			if n != size || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+				t.Errorf("got %d bytes with SHA-256 %x, want %d bytes with %x", n, got.Sum(nil), size, want.Sum(nil))
+			}
+		})
+	}
+	if err := Upload(ctx, ta.dial(t, agentproto.PortFile), WriteOptions{Path: "/c", Checksum: "md5"}, strings.NewReader("x")); err == nil {
+		t.Error("upload with checksum md5: got nil error, want an unknown algorithm error")
+	}
+}
+
+// TestUploadWrongDigest sends a DIGEST that does not match the content,
+// or whose algorithm differs from the one WRITE_REQ announced: the agent
+// rejects the upload and leaves the target alone.
+func TestUploadWrongDigest(t *testing.T) {
+	ta := startAgent(t, agent.Options{})
+	tests := []struct {
+		name     string
+		checksum agentproto.Checksum
+		digest   agentproto.Digest
+		wantMsg  string
+	}{
+		{"wrong CRC-32C", agentproto.ChecksumCRC32C, agentproto.Digest{Size: 5, CRC32C: "00000000"}, "content CRC-32C is"},
+		{"wrong SHA-256", agentproto.ChecksumSHA256, agentproto.Digest{Size: 5, SHA256: strings.Repeat("0", 64)}, "content SHA-256 is"},
+		{"other algorithm", agentproto.ChecksumCRC32C, agentproto.Digest{Size: 5, SHA256: strings.Repeat("0", 64)}, "DIGEST carries a sha256 checksum, but WRITE_REQ announced crc32c"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn := ta.dial(t, agentproto.PortFile)
+			defer conn.Close()
+			var b []byte
+			b = agentproto.AppendFrame(b, agentproto.TypeWriteReq, mustJSON(t, agentproto.WriteRequest{Path: "/w", Checksum: tt.checksum}))
+			b = agentproto.AppendFrame(b, agentproto.TypeData, []byte("hello"))
+			b = agentproto.AppendFrame(b, agentproto.TypeDigest, mustJSON(t, tt.digest))
+			b = agentproto.AppendFrame(b, agentproto.TypeDone, nil)
+			if _, err := conn.Write(b); err != nil {
+				t.Fatal(err)
+			}
+			err := readAck(conn, "upload")
+			if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Errorf("got %v, want ErrRejected containing %q", err, tt.wantMsg)
+			}
+			if _, err := os.Stat(ta.path("/w")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("target after the rejected upload: got %v, want not found", err)
+			}
+		})
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -17,15 +17,18 @@
 //   - file port: STAT (0x45), LIST (0x46), MKDIR (0x47), REMOVE (0x48)
 //     and RENAME (0x49) requests, answered by FILE_INFO (0x4a), a stream
 //     of LIST_ENTRIES (0x4b) frames ended by DONE, or ACK, each or ERR;
-//     DIGEST (0x4c) carries the size and SHA-256 of a transfer, sent by
-//     the host before DONE of a write and by the agent after DONE of a
-//     read whose READ_REQ sets digest; WRITE_REQ takes the optional
-//     fields uid, gid, size, sha256 and mkdirs.
+//     DIGEST (0x4c) carries the size and one checksum of a transfer
+//     (CRC-32C or SHA-256), sent by the host before DONE of a write and
+//     by the agent after DONE of a read whose READ_REQ sets digest;
+//     WRITE_REQ takes the optional fields uid, gid, size, sha256, mkdirs
+//     and checksum, and READ_REQ the optional fields digest and
+//     checksum. An absent checksum means SHA-256.
 //
 // The package owns encoding and decoding only; it opens no connections.
 package agentproto
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -184,3 +187,76 @@ func ReadHeader(r io.Reader) (t FrameType, n int, err error) {
 	}
 	return FrameType(hdr[0]), int(length), nil
 }
+
+// frameReaderBuffer is the read-ahead of a FrameReader: a few small
+// frames, such as EXIT_DETAIL and EXIT, arrive with one read.
+const frameReaderBuffer = 8 << 10
+
+// maxRetainedPayload is the largest payload buffer a FrameReader keeps
+// between frames. A larger payload gets a buffer of its own, so one big
+// frame does not pin its size for the life of the connection.
+const maxRetainedPayload = 1 << 20
+
+// FrameReader reads frames from a stream through a read-ahead buffer and
+// one reused payload buffer, so reading a frame allocates nothing once
+// the buffer has grown. Once a stream has a FrameReader, every read of
+// the stream must go through it, since it may hold bytes read ahead. It
+// is not safe for concurrent use.
+type FrameReader struct {
+	br      *bufio.Reader
+	payload []byte
+}
+
+// NewFrameReader returns a FrameReader reading from r.
+func NewFrameReader(r io.Reader) *FrameReader {
+	return &FrameReader{br: bufio.NewReaderSize(r, frameReaderBuffer)}
+}
+
+// Next reads one frame. Its payload is valid only until the next call of
+// any method of fr. Its errors are those of ReadFrame.
+func (fr *FrameReader) Next() (Frame, error) {
+	t, n, err := fr.ReadHeader()
+	if err != nil {
+		return Frame{}, err
+	}
+	var payload []byte
+	switch {
+	case n <= cap(fr.payload):
+		payload = fr.payload[:n]
+	case n <= maxRetainedPayload:
+		fr.payload = make([]byte, n)
+		payload = fr.payload
+	default:
+		payload = make([]byte, n)
+	}
+	if _, err := io.ReadFull(fr.br, payload); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return Frame{}, err
+	}
+	return Frame{Type: t, Payload: payload}, nil
+}
+
+// ReadHeader reads one frame header, as the package's ReadHeader does.
+// The caller then reads the n payload bytes through fr.Read.
+func (fr *FrameReader) ReadHeader() (t FrameType, n int, err error) {
+	hdr, err := fr.br.Peek(HeaderSize)
+	if err != nil {
+		if len(hdr) > 0 && errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, 0, err
+	}
+	t, length := FrameType(hdr[0]), binary.LittleEndian.Uint32(hdr[1:])
+	_, _ = fr.br.Discard(HeaderSize)
+	if length > MaxPayload {
+		return 0, 0, fmt.Errorf("%w: type %s, length %d", ErrPayloadTooLarge, t, length)
+	}
+	return t, int(length), nil
+}
+
+// Read reads raw stream bytes: the payload after ReadHeader. A read into
+// a buffer larger than the read-ahead goes straight to the stream once
+// the read-ahead is empty.
+func (fr *FrameReader) Read(p []byte) (int, error) { return fr.br.Read(p) }

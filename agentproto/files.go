@@ -1,15 +1,48 @@
 package agentproto
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"hash"
+	"hash/crc32"
 	"strings"
 )
 
 // DataChunk is the DATA payload size both sides of hearth use for file
 // transfers. Receivers accept any size up to MaxPayload.
-const DataChunk = 256 << 10
+const DataChunk = 1 << 20
+
+// Checksum names the algorithm of a DIGEST (hearth addition). The empty
+// value on the wire means ChecksumSHA256, which is what hearth hosts
+// that predate the field expect.
+type Checksum string
+
+// Checksum algorithms.
+const (
+	// ChecksumCRC32C is CRC-32C (Castagnoli), which the CPU computes at
+	// memory speed (SSE 4.2 on x86-64, the CRC32 instructions on arm64).
+	// It detects corruption and truncation, not tampering.
+	ChecksumCRC32C Checksum = "crc32c"
+	// ChecksumSHA256 is SHA-256, for callers who want a cryptographic
+	// digest of what they sent.
+	ChecksumSHA256 Checksum = "sha256"
+)
+
+// Valid reports whether c names a known algorithm or is empty.
+func (c Checksum) Valid() bool {
+	return c == "" || c == ChecksumCRC32C || c == ChecksumSHA256
+}
+
+// OrDefault returns c, or ChecksumSHA256 when c is empty.
+func (c Checksum) OrDefault() Checksum {
+	if c == "" {
+		return ChecksumSHA256
+	}
+	return c
+}
 
 // DefaultFileMode is the mode of a file written by a WRITE_REQ whose mode
 // is 0, and DefaultDirMode that of a directory created by MKDIR with mode
@@ -40,6 +73,9 @@ type WriteRequest struct {
 	SHA256 string `json:"sha256,omitempty"`
 	// Mkdirs creates missing parent directories with DefaultDirMode.
 	Mkdirs bool `json:"mkdirs,omitempty"`
+	// Checksum is the algorithm of the DIGEST the host sends before
+	// DONE; empty means ChecksumSHA256.
+	Checksum Checksum `json:"checksum,omitempty"`
 }
 
 // ReadRequest is the JSON payload of READ_REQ.
@@ -47,14 +83,48 @@ type ReadRequest struct {
 	Path string `json:"path"`
 	// Digest asks the agent to send DIGEST after DONE (hearth addition).
 	Digest bool `json:"digest,omitempty"`
+	// Checksum is the algorithm of that DIGEST; empty means
+	// ChecksumSHA256 (hearth addition). The agent hashes the content
+	// only when Digest is set.
+	Checksum Checksum `json:"checksum,omitempty"`
 }
 
-// Digest is the JSON payload of DIGEST: the length and hex SHA-256 of the
-// bytes of one transfer.
+// Digest is the JSON payload of DIGEST: the length of the bytes of one
+// transfer and exactly one checksum of them, in lower-case hex.
 type Digest struct {
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
+	Size int64 `json:"size"`
+	// SHA256 is the SHA-256, 64 hex digits.
+	SHA256 string `json:"sha256,omitempty"`
+	// CRC32C is the CRC-32C as a big-endian u32, 8 hex digits.
+	CRC32C string `json:"crc32c,omitempty"`
 }
+
+// Checksum returns the algorithm and the hex sum that d carries.
+func (d Digest) Checksum() (Checksum, string) {
+	if d.CRC32C != "" {
+		return ChecksumCRC32C, d.CRC32C
+	}
+	return ChecksumSHA256, d.SHA256
+}
+
+// NewDigest returns the Digest of size bytes whose checksum c is the hex
+// string sum.
+func NewDigest(size int64, c Checksum, sum string) Digest {
+	if c == ChecksumCRC32C {
+		return Digest{Size: size, CRC32C: sum}
+	}
+	return Digest{Size: size, SHA256: sum}
+}
+
+// NewHash returns a hash computing c (SHA-256 when c is empty).
+func NewHash(c Checksum) hash.Hash {
+	if c == ChecksumCRC32C {
+		return crc32.New(castagnoli)
+	}
+	return sha256.New()
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // PathRequest is the JSON payload of STAT and LIST.
 type PathRequest struct {
@@ -138,6 +208,9 @@ func DecodeWriteRequest(payload []byte) (WriteRequest, error) {
 			return WriteRequest{}, err
 		}
 	}
+	if err := checkChecksum("WRITE_REQ", req.Checksum); err != nil {
+		return WriteRequest{}, err
+	}
 	return req, nil
 }
 
@@ -145,6 +218,9 @@ func DecodeWriteRequest(payload []byte) (WriteRequest, error) {
 func DecodeReadRequest(payload []byte) (ReadRequest, error) {
 	var req ReadRequest
 	if err := decodeJSON("READ_REQ", payload, &req); err != nil {
+		return ReadRequest{}, err
+	}
+	if err := checkChecksum("READ_REQ", req.Checksum); err != nil {
 		return ReadRequest{}, err
 	}
 	return req, checkPath("READ_REQ", req.Path)
@@ -159,7 +235,14 @@ func DecodeDigest(payload []byte) (Digest, error) {
 	if d.Size < 0 {
 		return Digest{}, fmt.Errorf("invalid DIGEST payload: size %d is negative", d.Size)
 	}
-	return d, checkSHA256("DIGEST", d.SHA256)
+	switch {
+	case d.SHA256 != "" && d.CRC32C != "":
+		return Digest{}, errors.New("invalid DIGEST payload: both sha256 and crc32c are set; want one")
+	case d.CRC32C != "":
+		return d, checkCRC32C("DIGEST", d.CRC32C)
+	default:
+		return d, checkSHA256("DIGEST", d.SHA256)
+	}
 }
 
 // DecodePathRequest parses and validates the payload of STAT or LIST,
@@ -221,6 +304,21 @@ func checkPath(name, path string) error {
 		return fmt.Errorf("invalid %s payload: path is empty", name)
 	case strings.ContainsRune(path, 0):
 		return fmt.Errorf("invalid %s payload: path %q contains a NUL byte", name, path)
+	}
+	return nil
+}
+
+func checkChecksum(name string, c Checksum) error {
+	if !c.Valid() {
+		return fmt.Errorf("invalid %s payload: checksum %q is not %q or %q", name, c, ChecksumCRC32C, ChecksumSHA256)
+	}
+	return nil
+}
+
+func checkCRC32C(name, sum string) error {
+	b, err := hex.DecodeString(sum)
+	if err != nil || len(b) != 4 {
+		return fmt.Errorf("invalid %s payload: crc32c %q is not 8 hex digits", name, sum)
 	}
 	return nil
 }

@@ -2,7 +2,9 @@ package agentproto
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 )
@@ -88,5 +90,114 @@ func TestDecodeHearthPayloadErrors(t *testing.T) {
 				t.Errorf("got error %v, want one containing %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+func TestFrameReader(t *testing.T) {
+	var stream []byte
+	stream = AppendFrame(stream, TypeStdout, []byte("hello"))
+	stream = AppendFrame(stream, TypeExitDetail, []byte(`{"exit_code":0}`))
+	stream = AppendFrame(stream, TypeExit, EncodeExit(3))
+	big := bytes.Repeat([]byte{7}, maxRetainedPayload+1)
+	stream = AppendFrame(stream, TypeData, big)
+
+	fr := NewFrameReader(bytes.NewReader(stream))
+	want := []Frame{{TypeStdout, []byte("hello")}, {TypeExitDetail, []byte(`{"exit_code":0}`)},
+		{TypeExit, EncodeExit(3)}, {TypeData, big}}
+	for i, w := range want {
+		got, err := fr.Next()
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if got.Type != w.Type || !bytes.Equal(got.Payload, w.Payload) {
+			t.Errorf("frame %d: got %s with %d bytes, want %s with %d bytes", i, got.Type, len(got.Payload), w.Type, len(w.Payload))
+		}
+	}
+	if _, err := fr.Next(); !errors.Is(err, io.EOF) {
+		t.Errorf("after the last frame: got %v, want io.EOF", err)
+	}
+}
+
+func TestFrameReaderErrors(t *testing.T) {
+	tests := []struct {
+		name   string
+		stream []byte
+		want   error
+	}{
+		{"empty", nil, io.EOF},
+		{"cut in the header", []byte{byte(TypeStdout), 1, 0}, io.ErrUnexpectedEOF},
+		{"cut in the payload", AppendFrame(nil, TypeStdout, []byte("hello"))[:7], io.ErrUnexpectedEOF},
+		{"too large", []byte{byte(TypeData), 0, 0, 0, 2}, ErrPayloadTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewFrameReader(bytes.NewReader(tt.stream)).Next()
+			if !errors.Is(err, tt.want) {
+				t.Errorf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecodeDigestChecksums(t *testing.T) {
+	sha := strings.Repeat("ab", 32)
+	tests := []struct {
+		name    string
+		payload string
+		want    Checksum
+		wantErr bool
+	}{
+		{"sha256", `{"size":1,"sha256":"` + sha + `"}`, ChecksumSHA256, false},
+		{"crc32c", `{"size":1,"crc32c":"0a0b0c0d"}`, ChecksumCRC32C, false},
+		{"both", `{"size":1,"sha256":"` + sha + `","crc32c":"0a0b0c0d"}`, "", true},
+		{"neither", `{"size":1}`, "", true},
+		{"short crc32c", `{"size":1,"crc32c":"0a0b"}`, "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := DecodeDigest([]byte(tt.payload))
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("got error %v, want error %v", err, tt.wantErr)
+			}
+			if err == nil {
+				if got, _ := d.Checksum(); got != tt.want {
+					t.Errorf("got checksum %q, want %q", got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func TestRequestChecksumField(t *testing.T) {
+	tests := []struct {
+		name    string
+		decode  func([]byte) error
+		payload string
+		wantErr bool
+	}{
+		{"WRITE_REQ without checksum", decodeWrite, `{"path":"/a","mode":0}`, false},
+		{"WRITE_REQ crc32c", decodeWrite, `{"path":"/a","mode":0,"checksum":"crc32c"}`, false},
+		{"WRITE_REQ unknown", decodeWrite, `{"path":"/a","mode":0,"checksum":"md5"}`, true},
+		{"READ_REQ sha256", decodeRead, `{"path":"/a","digest":true,"checksum":"sha256"}`, false},
+		{"READ_REQ unknown", decodeRead, `{"path":"/a","digest":true,"checksum":"md5"}`, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.decode([]byte(tt.payload)); (err != nil) != tt.wantErr {
+				t.Errorf("got error %v, want error %v", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func decodeWrite(b []byte) error { _, err := DecodeWriteRequest(b); return err }
+func decodeRead(b []byte) error  { _, err := DecodeReadRequest(b); return err }
+
+func TestNewHashCRC32C(t *testing.T) {
+	// The CRC-32C check value of "123456789" is e3069283.
+	h := NewHash(ChecksumCRC32C)
+	h.Write([]byte("123456789"))
+	if got := hex.EncodeToString(h.Sum(nil)); got != "e3069283" {
+		t.Errorf("got %s, want e3069283", got)
 	}
 }
