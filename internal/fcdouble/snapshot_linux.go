@@ -2,8 +2,10 @@ package fcdouble
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/hearthvm/hearth/vmm/firecracker/api"
@@ -38,22 +40,37 @@ func (s *server) createSnapshot(m map[string]any) (int, any) {
 		st.Vsock = &snapshotVsock{GuestCID: s.vsock.guestCID, UDSPath: s.vsock.apiPath}
 	}
 	raw, _ := json.Marshal(st)
+
 	statePath := s.cfg.hostPath(str(m, "snapshot_path"))
+	memPath := s.cfg.hostPath(str(m, "mem_file_path"))
+	for _, p := range []string{statePath, memPath} {
+		if err := s.checkCreate(p); err != nil {
+			return fault("Cannot save the microVM state: %v", err)
+		}
+	}
 	if err := os.WriteFile(statePath, raw, 0o600); err != nil {
 		return fault("Cannot save the microVM state: %v", err)
 	}
 	if err := s.chownForJail(statePath); err != nil {
 		return fault("Cannot save the microVM state: %v", err)
 	}
-	memPath := s.cfg.hostPath(str(m, "mem_file_path"))
+
 	f, err := os.OpenFile(memPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fault("Cannot save the memory snapshot: %v", err)
 	}
 	defer f.Close()
-	// The memory file has the guest's memory size; the double writes no
-	// pages, so it stays sparse.
-	if err := f.Truncate(s.machine.MemSizeMiB << 20); err != nil {
+	// The memory file has the guest's memory size. It starts with the
+	// archive of the guest's tmpfs root (see saveGuestMemory), and the
+	// rest is a hole.
+	size := s.machine.MemSizeMiB << 20
+	if err := f.Truncate(0); err != nil {
+		return fault("Cannot save the memory snapshot: %v", err)
+	}
+	if err := saveGuestMemory(s.currentGuest(), f, size); err != nil {
+		return fault("Cannot save the memory snapshot: %v", err)
+	}
+	if err := f.Truncate(size); err != nil {
 		return fault("Cannot save the memory snapshot: %v", err)
 	}
 	if err := s.chownForJail(memPath); err != nil {
@@ -141,6 +158,18 @@ func (s *server) load(m map[string]any) (int, any) {
 			iface["host_dev_name"] = str(om, "host_dev_name")
 		}
 	}
+	// The load opens every TAP the state names, after the overrides.
+	for id, iface := range st.Ifaces {
+		name := str(iface, "host_dev_name")
+		if len(name) > 15 {
+			return fault("Load snapshot error: Cannot restore network device %s: Open tap device failed: Invalid interface name", id)
+		}
+		if s.cfg.JailUID > 0 {
+			if err := checkJailedTAP(name, s.cfg.JailUID, s.cfg.JailGID); err != nil {
+				return fault("Load snapshot error: Cannot restore network device %s: %v", id, err)
+			}
+		}
+	}
 	if vo, ok := m["vsock_override"].(map[string]any); ok {
 		if st.Vsock == nil {
 			return fault("Load snapshot error: vsock_override given but the snapshot has no vsock device")
@@ -159,6 +188,9 @@ func (s *server) load(m map[string]any) (int, any) {
 	if err := s.startGuest(); err != nil {
 		return fault("Load snapshot error: %v", err)
 	}
+	if err := loadGuestMemory(s.currentGuest(), s.cfg.hostPath(memPath)); err != nil {
+		return fault("Load snapshot error: Cannot load the guest memory: %v", err)
+	}
 	if boolean(m, "resume_vm") {
 		s.phase = phaseRunning
 	} else {
@@ -166,4 +198,18 @@ func (s *server) load(m map[string]any) (int, any) {
 		s.phase = phasePaused
 	}
 	return http.StatusNoContent, nil
+}
+
+// checkCreate reports whether the jailed uid and gid could create or
+// overwrite the file hp: an existing file must be writable by them, and
+// a new one needs a directory they may write.
+func (s *server) checkCreate(hp string) error {
+	if s.cfg.JailUID < 0 {
+		return nil
+	}
+	err := s.checkAccess(hp, true)
+	if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return s.checkAccess(filepath.Dir(hp), true)
 }

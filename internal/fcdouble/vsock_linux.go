@@ -154,8 +154,8 @@ func (d *vsockDevice) serve(c net.Conn) {
 		return
 	}
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(agent, c); closeWrite(agent); done <- struct{}{} }()
-	go func() { io.Copy(c, agent); closeWrite(c); done <- struct{}{} }()
+	go func() { relay(agent, c); closeWrite(agent); done <- struct{}{} }()
+	go func() { relay(c, agent); closeWrite(c); done <- struct{}{} }()
 	<-done
 	<-done
 }

@@ -11,8 +11,11 @@
 // caller where a jailed Firecracker can open its TAP: in the jail's
 // network namespace, owned by the jailed uid and gid.
 //
-// In direct mode every file lives in the sandbox directory and Firecracker
-// gets absolute paths. In jailer mode the chroot is
+// In direct mode every file lives in the sandbox directory, which is
+// Firecracker's working directory, and Firecracker gets absolute paths,
+// except for the root drive: its path is relative, so the state file of
+// a snapshot names the drive of whichever sandbox restores it. In jailer
+// mode the chroot is
 // <chroot base>/<resolved firecracker file name>/<id>/root, every path
 // sent to Firecracker is relative to it, and the sockets live in its run/
 // directory, the only directory the jailed user may write.

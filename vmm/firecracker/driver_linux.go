@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,6 +23,9 @@ import (
 type Driver struct {
 	cfg Config
 	log *slog.Logger
+	// machines maps each live *Machine to its machineInfo, which
+	// Checkpoint and MAC read.
+	machines sync.Map
 }
 
 var _ vmm.Driver = (*Driver)(nil)
@@ -80,7 +84,12 @@ func (d *Driver) layout(spec vmm.Spec) (layout, error) {
 		l.vsockHost = filepath.Join(spec.Dir, vsockName)
 		l.apiSockArg, l.vsockAPI = l.apiSockHost, l.vsockHost
 		l.diskHost = filepath.Join(spec.Dir, rootDiskName)
-		l.diskAPI = l.diskHost
+		// Relative to Firecracker's working directory, the sandbox
+		// directory (see directCommand). The state file of a snapshot
+		// names the drive by this path and Firecracker opens it during
+		// the load, so every restore finds its own copy there, as in
+		// jailer mode, also after the origin sandbox was removed.
+		l.diskAPI = rootDiskName
 		l.logArg = filepath.Join(spec.Dir, logName)
 		l.metricsArg = filepath.Join(spec.Dir, metricsName)
 		return l, nil
@@ -187,6 +196,7 @@ func (d *Driver) start(ctx context.Context, spec vmm.Spec, snap *Snapshot) (_ *M
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 	}
+	d.track(m, spec)
 	d.log.Info("firecracker machine started", "sandbox", spec.ID, "pid", m.pid, "jailed", d.cfg.Jailer != nil)
 	return m, nil
 }

@@ -325,6 +325,13 @@ func exerciseMachine(t *testing.T, m *firecracker.Machine) {
 	if err := ping(ctx, m); err != nil {
 		t.Fatalf("ping after resume: %v", err)
 	}
+	// The spare exec stream dialled before the pause is gone; the first
+	// exec dials anew and the second takes the spare dialled after it.
+	for i := range 2 {
+		if out, code := execEcho(t, m); out != "hi\n" || code != 0 {
+			t.Errorf("echo %d after resume: got %q and exit code %d, want %q and 0", i+1, out, code, "hi\n")
+		}
+	}
 }
 
 func TestBootDirect(t *testing.T) {
@@ -622,7 +629,7 @@ func TestSnapshotLoadVsockOverride(t *testing.T) {
 			if !tc.sameDir {
 				target = env.spec(t, "snap-2")
 			}
-			r, err := d.Restore(ctx, target, snap)
+			r, err := d.RestoreSnapshot(ctx, target, snap)
 			if tc.wantErr {
 				if err == nil {
 					r.Kill()

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hearthvm/hearth/agentlink"
+	"github.com/hearthvm/hearth/agentproto"
 	"github.com/hearthvm/hearth/vmm"
 	"github.com/hearthvm/hearth/vmm/firecracker/api"
 )
@@ -43,6 +44,9 @@ type Machine struct {
 
 	killOnce sync.Once
 	killErr  error
+
+	// spare is the exec stream dialled ahead of time.
+	spare execSpare
 }
 
 var _ vmm.Machine = (*Machine)(nil)
@@ -58,6 +62,7 @@ func (m *Machine) exited(err error) {
 	m.exitOnce.Do(func() {
 		m.waitErr = err
 		close(m.done)
+		m.spare.discard(true)
 	})
 }
 
@@ -65,8 +70,16 @@ func (m *Machine) exited(err error) {
 func (m *Machine) Client() *api.Client { return m.client }
 
 // DialAgent opens a stream to the agent's port through the hybrid vsock
-// socket, retrying until the agent listens or ctx ends.
+// socket, retrying until the agent listens or ctx ends. A stream to the
+// exec port comes from a spare dialled ahead of time when one is ready.
 func (m *Machine) DialAgent(ctx context.Context, port uint32) (net.Conn, error) {
+	if port == agentproto.PortExec {
+		return m.dialExec(ctx)
+	}
+	return m.dialAgent(ctx, port)
+}
+
+func (m *Machine) dialAgent(ctx context.Context, port uint32) (net.Conn, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -124,6 +137,7 @@ func (m *Machine) Kill() error {
 }
 
 func (m *Machine) kill() error {
+	m.spare.discard(true)
 	var errs []error
 	select {
 	case <-m.done:
@@ -206,9 +220,12 @@ func (m *Machine) Shutdown(ctx context.Context, timeout time.Duration) error {
 }
 
 // Pause pauses the vCPUs. Every vsock connection is gone after the next
-// Resume, so callers dial the agent again.
+// Resume, so callers dial the agent again. The spare exec stream is
+// closed first.
 func (m *Machine) Pause(ctx context.Context) error {
+	m.spare.discard(false)
 	if err := m.client.Pause(ctx); err != nil {
+		m.spare.resume()
 		return fmt.Errorf("pause sandbox %s: %w", m.id, err)
 	}
 	return nil
@@ -219,5 +236,6 @@ func (m *Machine) Resume(ctx context.Context) error {
 	if err := m.client.Resume(ctx); err != nil {
 		return fmt.Errorf("resume sandbox %s: %w", m.id, err)
 	}
+	m.spare.resume()
 	return nil
 }

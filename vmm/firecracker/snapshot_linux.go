@@ -30,6 +30,10 @@ type Snapshot struct {
 	// paths or override them.
 	VsockPath string
 	DrivePath string
+	// TAP is the host device of eth0 that the state file names; empty
+	// when the machine had no network device. A restore into another
+	// TAP overrides it.
+	TAP string
 	// Version is the Firecracker version that wrote the snapshot; a
 	// snapshot generally loads only in the same version.
 	Version api.Version
@@ -58,12 +62,14 @@ func (m *Machine) CreateSnapshot(ctx context.Context, dir string) (Snapshot, err
 	}
 	snap := Snapshot{
 		StatePath: filepath.Join(dir, snapshotStateName), MemPath: filepath.Join(dir, snapshotMemName),
-		DiskPath: filepath.Join(dir, snapshotDiskName), VsockPath: m.vsockAPI, DrivePath: m.diskAPI, Version: v,
+		DiskPath: filepath.Join(dir, snapshotDiskName), VsockPath: m.vsockAPI, DrivePath: m.diskAPI,
+		TAP: m.info().tap, Version: v,
 	}
 	req := api.SnapshotCreate{SnapshotPath: snap.StatePath, MemFilePath: snap.MemPath, SnapshotType: api.SnapshotFull}
 	if m.jailDir != "" {
-		// Firecracker writes inside its chroot; the files are moved out.
-		req.SnapshotPath, req.MemFilePath = snapshotStateName, snapshotMemName
+		// Firecracker writes inside its chroot, in run/, the only
+		// directory the jailed user may write; the files are moved out.
+		req.SnapshotPath, req.MemFilePath = jailRunDir+snapshotStateName, jailRunDir+snapshotMemName
 	}
 	for _, p := range []string{snap.StatePath, snap.MemPath, snap.DiskPath} {
 		os.Remove(p)
@@ -73,7 +79,7 @@ func (m *Machine) CreateSnapshot(ctx context.Context, dir string) (Snapshot, err
 	}
 	if m.jailDir != "" {
 		for name, dst := range map[string]string{snapshotStateName: snap.StatePath, snapshotMemName: snap.MemPath} {
-			if err := moveFile(filepath.Join(m.root, name), dst); err != nil {
+			if err := moveFile(filepath.Join(m.root, jailRunDir, name), dst); err != nil {
 				return Snapshot{}, fmt.Errorf("snapshot sandbox %s: %w", m.id, err)
 			}
 		}
@@ -94,17 +100,18 @@ func moveFile(src, dst string) error {
 	return os.Remove(src)
 }
 
-// Restore starts a fresh Firecracker and loads snap into it for spec. The
-// machine is left paused; call Resume. A failed load leaves Firecracker
+// RestoreSnapshot starts a fresh Firecracker and loads snap into it for
+// spec. The machine is left paused; call Resume. A failed load leaves Firecracker
 // unusable, so the process is killed and the load is tried once more in
 // a new process before Restore gives up.
 //
 // NOTE: Firecracker has no drive override on load: the load opens the
-// drive path named in the state file. In direct mode that is the original
-// sandbox's disk, which must still exist; the driver then repoints the
-// drive to this sandbox's copy before returning. Jailer mode uses the
-// same relative paths in every jail and needs neither.
-func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snap Snapshot) (*Machine, error) {
+// drive path named in the state file. The driver names the drive by a
+// path relative to the jail's root, or in direct mode to the sandbox
+// directory, so each restore opens its own copy. A snapshot that names
+// another path needs that file at load time; the driver then repoints
+// the drive to this sandbox's copy before returning.
+func (d *Driver) RestoreSnapshot(ctx context.Context, spec vmm.Spec, snap Snapshot) (*Machine, error) {
 	var errs []error
 	for attempt := 1; attempt <= 2; attempt++ {
 		m, err := d.start(ctx, spec, &snap)
@@ -132,6 +139,20 @@ func (d *Driver) load(ctx context.Context, m *Machine, spec vmm.Spec, l layout, 
 		// Only 1.16.0 and later accept vsock_override; the client returns
 		// ErrUnsupported before sending anything on older versions.
 		req.VsockOverride = &api.VsockOverride{UDSPath: l.vsockAPI}
+	}
+	if snap.TAP != "" && spec.TAP != "" && snap.TAP != spec.TAP {
+		// 1.12.0 and later; the guest keeps the MAC address it had.
+		req.NetworkOverrides = []api.NetworkOverride{{IfaceID: ifaceID, HostDevName: spec.TAP}}
+	}
+	if !snap.Version.IsZero() {
+		v, err := m.client.Version(ctx)
+		if err != nil {
+			return err
+		}
+		if v != snap.Version {
+			return fmt.Errorf("snapshot was written by firecracker %s, but this is firecracker %s: restore it with %s: %w",
+				snap.Version, v, snap.Version, api.ErrUnsupported)
+		}
 	}
 	if err := m.client.LoadSnapshot(ctx, req); err != nil {
 		return err
