@@ -53,7 +53,7 @@ which needs root.`,
 	f.IntVar(&o.vcpus, "vcpus", 0, "number of virtual CPUs (default 1)")
 	f.IntVar(&o.memoryMiB, "memory", 0, "guest memory in MiB (default 256)")
 	f.StringVar(&o.network, "network", sandbox.NetworkTAP, "network mode: tap (own TAP and address) or none")
-	f.StringVar(&o.driver, "driver", "auto", "VMM driver of an in-process run: auto or qemu")
+	f.StringVar(&o.driver, "driver", "auto", "VMM driver of an in-process run: auto, qemu or firecracker")
 	f.BoolVar(&o.local, "local", false, "run the sandbox in this process even when a daemon is listening")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE for the command (repeatable)")
 	f.StringVarP(&o.workdir, "workdir", "w", "", "working directory of the command in the guest")
