@@ -260,19 +260,20 @@ func (cp *copier) uploadFile(ctx context.Context, src string, info fs.FileInfo, 
 		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	defer f.Close()
-	return cp.send(ctx, f, modeBits(info.Mode()), info.Size(), dst)
+	return cp.send(ctx, f, modeBits(info.Mode()), info.Size(), dst, false)
 }
 
-// send streams r into the guest file dst. On any failure it cancels the
-// call instead of closing it, so the daemon discards what it received.
-func (cp *copier) send(ctx context.Context, r io.Reader, mode uint32, size int64, dst guestPath) error {
+// send streams r into the guest file dst, creating missing parent
+// directories when mkdirs is set. On any failure it cancels the call
+// instead of closing it, so the daemon discards what it received.
+func (cp *copier) send(ctx context.Context, r io.Reader, mode uint32, size int64, dst guestPath, mkdirs bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := cp.files.Upload(ctx)
 	if err != nil {
 		return copyError(dst, fromRPC(err))
 	}
-	header := &sandboxv1.UploadHeader{Id: dst.id, Path: dst.path, Mode: mode, Size: &size}
+	header := &sandboxv1.UploadHeader{Id: dst.id, Path: dst.path, Mode: mode, Size: &size, Mkdirs: mkdirs}
 	if err := stream.Send(&sandboxv1.UploadRequest{Payload: &sandboxv1.UploadRequest_Header{Header: header}}); err != nil {
 		return copyError(dst, uploadSendError(stream, err))
 	}
@@ -365,7 +366,9 @@ func (cp *copier) uploadTar(ctx context.Context, r io.Reader, dst guestPath) err
 		case tar.TypeDir:
 			err = cp.mkdir(ctx, gp, uint32(hdr.Mode)&0o7777)
 		case tar.TypeReg:
-			err = cp.send(ctx, tr, uint32(hdr.Mode)&0o7777, hdr.Size, gp)
+			// Archives often leave out directory entries, which tar(1)
+			// creates as needed; so does this.
+			err = cp.send(ctx, tr, uint32(hdr.Mode)&0o7777, hdr.Size, gp, true)
 		case tar.TypeSymlink, tar.TypeLink:
 			cp.warn("skipped link %s in the tar archive: the sandbox file API cannot create links", hdr.Name)
 		default:

@@ -215,3 +215,29 @@ func TestParseCopyArg(t *testing.T) {
 		})
 	}
 }
+
+func TestCopyTarWithoutDirectoryEntries(t *testing.T) {
+	host := testDaemon(t)
+	mustHearth(t, host, "create", "--id", "box", "--network", "none", "--wait")
+
+	// tar cf - a/b/file writes no entries for a/ and a/b/.
+	var archive bytes.Buffer
+	tw := tar.NewWriter(&archive)
+	content := []byte("nested\n")
+	if err := tw.WriteHeader(&tar.Header{Name: "a/b/file", Mode: 0o644, Size: int64(len(content)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(content); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	target := t.TempDir()
+	res := hearth(t, host, archive.String(), "cp", "-", "box:"+target)
+	if res.code != 0 {
+		t.Fatalf("cp - box:DIR: exit %d, stderr %q", res.code, res.stderr)
+	}
+	assertFile(t, filepath.Join(target, "a", "b", "file"), content)
+}

@@ -166,9 +166,15 @@ func runRemote(ctx context.Context, c *daemonClient, req *sandboxv1.RunRequest, 
 	return copyOutput(stream, stdout, stderr, nil)
 }
 
+// announceWait bounds how long a signal waits for the daemon to announce
+// the workload it is meant for; the announcement follows the call's start
+// by one message, so a signal that arrives at once still reaches the
+// command.
+const announceWait = 2 * time.Second
+
 // runRemoteForwarding is runRemote that also sends the signals from
 // signals to the command, by the workload ID the daemon announces. A
-// signal that arrives before the announcement cancels the call, which
+// signal with no announcement within announceWait cancels the call, which
 // kills the command.
 func runRemoteForwarding(ctx context.Context, c *daemonClient, req *sandboxv1.RunRequest, signals <-chan os.Signal,
 	stdout, stderr io.Writer) (commandExit, error) {
@@ -197,7 +203,7 @@ func runRemoteForwarding(ctx context.Context, c *daemonClient, req *sandboxv1.Ru
 				return nil
 			}
 			return err
-		default:
+		case <-time.After(announceWait):
 			return errors.New("the workload ID is not known yet")
 		}
 	})

@@ -29,6 +29,8 @@ type runOptions struct {
 	user      string
 	timeout   time.Duration
 	local     bool
+	// signals carries the SIGINT and SIGTERM hearth receives.
+	signals <-chan os.Signal
 }
 
 func newRunCommand(g *globalOptions) *cobra.Command {
@@ -70,10 +72,15 @@ func runOnce(cmd *cobra.Command, g *globalOptions, o runOptions, argv []string) 
 	if err != nil {
 		return err
 	}
-	// Ctrl-C or SIGTERM cancels the command; the sandbox is removed
-	// either way.
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	// As with exec, SIGINT and SIGTERM go to the command once it runs,
+	// and a hangup ends the call. Before the command runs, SIGINT or
+	// SIGTERM abandons the run. The sandbox is removed either way.
+	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGHUP)
 	defer stop()
+	forward := make(chan os.Signal, 4)
+	signal.Notify(forward, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(forward)
+	o.signals = forward
 	if o.local {
 		return runLocal(ctx, g, o, env, argv)
 	}
@@ -122,10 +129,10 @@ func runThroughDaemon(ctx context.Context, cmd *cobra.Command, c *daemonClient, 
 		}
 	}()
 
-	exit, err := runRemote(ctx, c, &sandboxv1.RunRequest{
+	exit, err := runRemoteForwarding(ctx, c, &sandboxv1.RunRequest{
 		Id: id, Cmd: argv, Env: env, WorkingDir: o.workdir, User: o.user,
 		TimeoutSeconds: uint32((o.timeout + time.Second - 1) / time.Second),
-	}, cmd.OutOrStdout(), cmd.ErrOrStderr())
+	}, o.signals, cmd.OutOrStdout(), cmd.ErrOrStderr())
 	if err != nil {
 		return fmt.Errorf("run in sandbox %s: %w", id, err)
 	}
@@ -157,20 +164,63 @@ func runLocal(ctx context.Context, g *globalOptions, o runOptions, env map[strin
 	if err != nil {
 		return err
 	}
-	if err := sb.WaitReady(ctx); err != nil {
-		return fmt.Errorf("sandbox %s did not start: %w", info.ID, err)
+	if err := waitReadyOrSignal(ctx, sb, o.signals); err != nil {
+		return err
 	}
 
 	req := agentproto.StartRequest{
 		Cmd: argv, Env: env, WorkingDir: o.workdir, User: o.user,
 		TimeoutSeconds: uint32((o.timeout + time.Second - 1) / time.Second),
 	}
-	res, err := sb.ExecWorkload(ctx, req, agentclient.ExecIO{Stdin: nil, Stdout: os.Stdout, Stderr: os.Stderr}, nil)
+	signals := make(chan syscall.Signal, 4)
+	done := make(chan struct{})
+	defer close(done)
+	go relaySignals(o.signals, signals, done)
+	res, err := sb.ExecWorkload(ctx, req,
+		agentclient.ExecIO{Stdout: os.Stdout, Stderr: os.Stderr, Signals: signals}, nil)
 	if err != nil {
 		return fmt.Errorf("run in sandbox %s: %w", info.ID, err)
 	}
 	exit := commandExit{code: res.Code, signal: res.Signal, reason: res.Reason, timedOut: res.TimedOut}
 	return exitStatus(exit, nil, os.Stderr)
+}
+
+// waitReadyOrSignal waits until the sandbox is ready. SIGINT or SIGTERM
+// while it boots abandons the run with exit code 128+N.
+func waitReadyOrSignal(ctx context.Context, sb *sandbox.Sandbox, signals <-chan os.Signal) error {
+	ready := make(chan error, 1)
+	waitCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { ready <- sb.WaitReady(waitCtx) }()
+	select {
+	case err := <-ready:
+		if err != nil {
+			return fmt.Errorf("sandbox %s did not start: %w", sb.ID(), err)
+		}
+		return nil
+	case sig := <-signals:
+		fmt.Fprintf(os.Stderr, "hearth: interrupted by %s while sandbox %s was starting; removing it\n",
+			signalName(sig), sb.ID())
+		return exitCodeError{code: 128 + int(sig.(syscall.Signal))}
+	}
+}
+
+// relaySignals passes the signals hearth receives on to the command.
+func relaySignals(in <-chan os.Signal, out chan<- syscall.Signal, done <-chan struct{}) {
+	for {
+		select {
+		case sig := <-in:
+			if s, ok := sig.(syscall.Signal); ok {
+				select {
+				case out <- s:
+				case <-done:
+					return
+				}
+			}
+		case <-done:
+			return
+		}
+	}
 }
 
 func parseEnv(pairs []string) (map[string]string, error) {

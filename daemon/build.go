@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/hearthvm/hearth/config"
@@ -70,10 +69,9 @@ func NewDriver(cfg config.Config, log *slog.Logger) (vmm.Driver, error) {
 	switch name {
 	case "qemu":
 		return qemu.New(qemu.Config{
-			QEMU:       cfg.QEMU.Binary,
-			Accel:      qemu.Accel(cfg.QEMU.Accel),
-			ProbeCache: filepath.Join(cfg.Hearth.DataDir, "kvm-probe.json"),
-			Logger:     log,
+			QEMU:   cfg.QEMU.Binary,
+			Accel:  qemu.Accel(cfg.QEMU.Accel),
+			Logger: log,
 		})
 	case "firecracker":
 		return firecracker.New(firecrackerConfig(cfg.Firecracker), log)

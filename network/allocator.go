@@ -136,3 +136,11 @@ func (a *Allocator) Release(ctx context.Context, sandboxID string) error {
 		return a.deleteTAP(l.TAP, TAPOptions{NetNSPath: l.NetNSPath})
 	})
 }
+
+// ReclaimStale ends the leases whose owner process has exited and deletes
+// their TAP devices, as the next allocation would. A process that starts
+// after another one crashed calls it so the dead process's TAPs do not
+// wait for an allocation that may never come.
+func (a *Allocator) ReclaimStale(ctx context.Context) ([]Lease, error) {
+	return a.pool.ReclaimStale(ctx)
+}

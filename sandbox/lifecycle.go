@@ -318,7 +318,11 @@ func (sb *Sandbox) beginWorkload() (vmm.Machine, error) {
 	if sb.state != StateReady && sb.state != StateRunning {
 		state := sb.state
 		sb.mu.Unlock()
-		return nil, fmt.Errorf("%w: sandbox %q is %s; commands run only in a ready sandbox", ErrWrongState, sb.id, state)
+		hint := ""
+		if state == StatePaused {
+			hint = "; resume it first (hearth resume)"
+		}
+		return nil, fmt.Errorf("%w: sandbox %q is %s; commands run only in a ready sandbox%s", ErrWrongState, sb.id, state, hint)
 	}
 	if sb.checkpointing {
 		sb.mu.Unlock()
@@ -453,7 +457,7 @@ func (sb *Sandbox) remove(ctx context.Context, force bool) (bool, error) {
 	}
 	if sb.state == StateRunning && !force {
 		sb.mu.Unlock()
-		return false, fmt.Errorf("%w: sandbox %q has a running workload; remove it with force", ErrWrongState, sb.id)
+		return false, fmt.Errorf("%w: sandbox %q has a running workload; remove it with force (hearth rm -f)", ErrWrongState, sb.id)
 	}
 	sb.removed = true
 	switch sb.state {

@@ -179,6 +179,13 @@ func (m *Manager) applyDefaults(opts CreateOptions) (CreateOptions, error) {
 		return opts, fmt.Errorf("%w: memory %d MiB is below the minimum of %d MiB",
 			ErrInvalidArgument, opts.MemoryMiB, MinMemoryMiB)
 	}
+	if total := hostMemoryMiB(); total > 0 && opts.MemoryMiB > total {
+		return opts, fmt.Errorf("%w: memory %d MiB is more than this host has (%d MiB)",
+			ErrInvalidArgument, opts.MemoryMiB, total)
+	}
+	if err := ValidateLabels(opts.Labels); err != nil {
+		return opts, err
+	}
 	opts.Kernel = firstNonEmpty(opts.Kernel, d.Kernel)
 	opts.Initrd = firstNonEmpty(opts.Initrd, d.Initrd)
 	opts.RootFS = firstNonEmpty(opts.RootFS, d.RootFS)
@@ -482,4 +489,22 @@ func (m *Manager) tapOptions() network.TAPOptions {
 		opts.User = &network.TAPUser{UID: p.Owner.UID, GID: p.Owner.GID}
 	}
 	return opts
+}
+
+// hostMemoryMiB returns the host's total memory from /proc/meminfo, or 0
+// when it cannot be read.
+func hostMemoryMiB() int {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			var kib int
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kib); err == nil {
+				return kib / 1024
+			}
+		}
+	}
+	return 0
 }

@@ -420,3 +420,36 @@ func TestStaleSandboxDirectoryRemoved(t *testing.T) {
 	}
 	createReady(t, again, sandbox.CreateOptions{ID: "stale"})
 }
+
+func TestCreateRejectsBadLabels(t *testing.T) {
+	m := newManager(t)
+	cases := []struct {
+		name   string
+		labels map[string]string
+		want   string
+	}{
+		{"control in value", map[string]string{"k": "x\x1b]0;pwned\a"}, "control characters"},
+		{"newline in key", map[string]string{"a\nb": "v"}, "control characters"},
+		{"empty key", map[string]string{"": "v"}, "label key"},
+		{"huge value", map[string]string{"k": strings.Repeat("v", 2000)}, "at most 1024"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := m.Create(context.Background(), sandbox.CreateOptions{Labels: tc.labels, Network: sandbox.NetworkNone})
+			if !errors.Is(err, sandbox.ErrInvalidArgument) {
+				t.Fatalf("got %v, want ErrInvalidArgument", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error: got %q, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCreateRejectsMoreMemoryThanHost(t *testing.T) {
+	m := newManager(t)
+	_, err := m.Create(context.Background(), sandbox.CreateOptions{MemoryMiB: 1 << 30, Network: sandbox.NetworkNone})
+	if !errors.Is(err, sandbox.ErrInvalidArgument) || !strings.Contains(err.Error(), "more than this host has") {
+		t.Errorf("got %v, want ErrInvalidArgument naming the host's memory", err)
+	}
+}

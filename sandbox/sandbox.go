@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"regexp"
 	"time"
+	"unicode"
 )
 
 // State is a sandbox's lifecycle state, spelled as in the sandbox.v1 API.
@@ -64,6 +65,64 @@ func ValidateID(id string) error {
 			ErrInvalidArgument, id)
 	}
 	return nil
+}
+
+// Label and name limits. Labels and snapshot names are printed in tables
+// and logs, so control characters are rejected rather than escaped.
+const (
+	MaxLabelKeyLen   = 128
+	MaxLabelValueLen = 1024
+	MaxLabels        = 64
+	MaxNameLen       = 256
+)
+
+// ValidateLabels checks label keys and values for length and control
+// characters.
+func ValidateLabels(labels map[string]string) error {
+	if len(labels) > MaxLabels {
+		return fmt.Errorf("%w: %d labels, at most %d are allowed", ErrInvalidArgument, len(labels), MaxLabels)
+	}
+	for k, v := range labels {
+		if k == "" || len(k) > MaxLabelKeyLen {
+			return fmt.Errorf("%w: label key %q: use 1 to %d bytes", ErrInvalidArgument, truncate(k), MaxLabelKeyLen)
+		}
+		if len(v) > MaxLabelValueLen {
+			return fmt.Errorf("%w: label %q: the value has %d bytes, at most %d are allowed",
+				ErrInvalidArgument, k, len(v), MaxLabelValueLen)
+		}
+		if hasControl(k) || hasControl(v) {
+			return fmt.Errorf("%w: label %q: keys and values must not contain control characters",
+				ErrInvalidArgument, truncate(k))
+		}
+	}
+	return nil
+}
+
+// validateName checks a snapshot name.
+func validateName(name string) error {
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("%w: name has %d bytes, at most %d are allowed", ErrInvalidArgument, len(name), MaxNameLen)
+	}
+	if hasControl(name) {
+		return fmt.Errorf("%w: name %q must not contain control characters", ErrInvalidArgument, truncate(name))
+	}
+	return nil
+}
+
+func hasControl(s string) bool {
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return true
+		}
+	}
+	return false
+}
+
+func truncate(s string) string {
+	if len(s) > 32 {
+		return s[:32] + "..."
+	}
+	return s
 }
 
 // CreateOptions describes a sandbox to create. Zero values take the

@@ -124,6 +124,12 @@ func (c *catalog) get(id string) (SnapshotInfo, error) {
 // Firecracker a snapshot resets every vsock connection, which would cut
 // the workload's output stream.
 func (m *Manager) Checkpoint(ctx context.Context, sandboxID, name string, labels map[string]string) (SnapshotInfo, error) {
+	if err := validateName(name); err != nil {
+		return SnapshotInfo{}, err
+	}
+	if err := ValidateLabels(labels); err != nil {
+		return SnapshotInfo{}, err
+	}
 	sb, err := m.Get(sandboxID)
 	if err != nil {
 		return SnapshotInfo{}, err

@@ -108,6 +108,28 @@ func (m *Manager) removeStaleSandboxes() {
 		}
 		m.log.Info("removed stale sandbox", "sandbox", e.Name(), "owner_pid", rec.Owner.PID)
 	}
+	m.reclaimStaleLeases()
+}
+
+// staleReclaimer is implemented by network allocators that can end the
+// leases of exited processes (network.Allocator).
+type staleReclaimer interface {
+	ReclaimStale(ctx context.Context) ([]network.Lease, error)
+}
+
+// reclaimStaleLeases deletes the TAPs and addresses of hearth processes
+// that exited without releasing them.
+func (m *Manager) reclaimStaleLeases() {
+	r, ok := m.cfg.Network.(staleReclaimer)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	// The pool logs each lease it reclaims.
+	if _, err := r.ReclaimStale(ctx); err != nil {
+		m.log.Warn("reclaim stale network leases", "err", err)
+	}
 }
 
 // acquireBootSlot waits for a free boot slot when MaxConcurrentBoots is
