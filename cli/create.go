@@ -3,6 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -92,7 +95,17 @@ func create(ctx context.Context, cmd *cobra.Command, c *daemonClient, o createOp
 	}
 
 	if o.wait {
-		if err := waitReady(ctx, c, resp.GetId()); err != nil {
+		// An interrupted wait must still name the sandbox, which the
+		// daemon keeps booting.
+		waitCtx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		err := waitReady(waitCtx, c, resp.GetId())
+		interrupted := waitCtx.Err() != nil && ctx.Err() == nil
+		stop()
+		if interrupted {
+			return fmt.Errorf("interrupted while sandbox %s was starting; the daemon keeps booting it: remove it with hearth rm -f %s",
+				resp.GetId(), resp.GetId())
+		}
+		if err != nil {
 			return err
 		}
 		resp.State = "ready"
