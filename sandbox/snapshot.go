@@ -345,6 +345,9 @@ func (m *Manager) Restore(ctx context.Context, opts RestoreOptions) (Info, error
 }
 
 // restore is the restore counterpart of start.
+//
+// NOTE: the clone keeps its origin's hostname (the guest's UTS state is in
+// the snapshot); only its address and clock are renewed.
 func (sb *Sandbox) restore(ctx context.Context, restorer vmm.Restorer, snap SnapshotInfo) error {
 	spec := vmm.Spec{
 		ID: sb.id, Dir: sb.dir, VCPUs: snap.VCPUs, MemoryMiB: snap.MemoryMiB,
