@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -132,13 +134,37 @@ func boot(t *testing.T, d *firecracker.Driver, spec vmm.Spec) *firecracker.Machi
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	before := agentProcesses()
 	vm, err := d.Boot(ctx, spec)
 	if err != nil {
 		t.Fatalf("boot: %v", err)
 	}
 	m := vm.(*firecracker.Machine)
+	agentsBefore.Store(m, before)
 	t.Cleanup(func() { m.Kill() })
 	return m
+}
+
+// agentsBefore maps each booted machine to the agent processes that were
+// alive before it booted. The package's tests share one agent binary, so
+// a machine's cleanup check ignores agents that an earlier test left
+// still exiting on a loaded host.
+var agentsBefore sync.Map
+
+// agentsOf returns the live agent processes that were not alive before m
+// booted.
+func agentsOf(m *firecracker.Machine) []int {
+	var before []int
+	if v, ok := agentsBefore.Load(m); ok {
+		before = v.([]int)
+	}
+	var pids []int
+	for _, pid := range agentProcesses() {
+		if !slices.Contains(before, pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // ping sends PING on the control port and expects ACK.
@@ -287,10 +313,10 @@ func assertCleanedUp(t *testing.T, m *firecracker.Machine, paths ...string) {
 		}
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for len(agentProcesses()) > 0 && time.Now().Before(deadline) {
+	for len(agentsOf(m)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if pids := agentProcesses(); len(pids) > 0 {
+	if pids := agentsOf(m); len(pids) > 0 {
 		t.Errorf("agent processes: got %v, want none", pids)
 	}
 }

@@ -59,7 +59,12 @@ type Machine struct {
 
 	once sync.Once
 	done chan struct{}
-	wg   sync.WaitGroup
+
+	// mu orders wg.Add in DialAgent before wg.Wait in Kill, as
+	// sync.WaitGroup requires.
+	mu     sync.Mutex
+	exited bool
+	wg     sync.WaitGroup
 }
 
 // DialAgent returns a pipe served by the machine's agent on port.
@@ -71,8 +76,14 @@ func (m *Machine) DialAgent(ctx context.Context, port uint32) (net.Conn, error) 
 		return nil, ctx.Err()
 	default:
 	}
+	m.mu.Lock()
+	if m.exited {
+		m.mu.Unlock()
+		return nil, errors.New("instant machine has exited")
+	}
 	host, guest := net.Pipe()
 	m.wg.Add(1)
+	m.mu.Unlock()
 	go func() {
 		defer m.wg.Done()
 		m.server.HandleConn(m.ctx, port, guest)
@@ -83,6 +94,9 @@ func (m *Machine) DialAgent(ctx context.Context, port uint32) (net.Conn, error) 
 // exit ends the machine as a guest reboot would.
 func (m *Machine) exit() {
 	m.once.Do(func() {
+		m.mu.Lock()
+		m.exited = true
+		m.mu.Unlock()
 		m.cancel()
 		close(m.done)
 	})
