@@ -24,7 +24,18 @@ func ConfigureInterface(cfg agentproto.NetConfig) error {
 		return fmt.Errorf("open netlink: %w", err)
 	}
 	defer h.Close()
-	return configureInterface(h, cfg)
+	if err := configureInterface(h, cfg); err != nil {
+		return err
+	}
+	// Tests drive configureInterface inside a network namespace of their
+	// own; the hostname belongs to the UTS namespace, so it is set only
+	// here, on the path that runs in a guest.
+	if cfg.Hostname != "" {
+		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+			return fmt.Errorf("set hostname %q: %w", cfg.Hostname, err)
+		}
+	}
+	return nil
 }
 
 func configureInterface(h *netlink.Handle, cfg agentproto.NetConfig) error {

@@ -79,6 +79,8 @@ func TestDecodeHearthPayloadErrors(t *testing.T) {
 		{"SIGNAL 65", func(b []byte) error { _, err := DecodeSignal(b); return err }, "\x41\x00\x00\x00", "out of range 1-64"},
 		{"NETCONFIG default interface", func(b []byte) error { _, err := DecodeNetConfig(b); return err }, `{"address":"10.0.0.2/8"}`, ""},
 		{"NETCONFIG bad gateway", func(b []byte) error { _, err := DecodeNetConfig(b); return err }, `{"address":"10.0.0.2/8","gateway":"x"}`, "gateway \"x\" is not an IPv4 address"},
+		{"NETCONFIG hostname", func(b []byte) error { _, err := DecodeNetConfig(b); return err }, `{"address":"10.0.0.2/8","hostname":"clone-1"}`, ""},
+		{"NETCONFIG hostname with space", func(b []byte) error { _, err := DecodeNetConfig(b); return err }, `{"address":"10.0.0.2/8","hostname":"a b"}`, "without spaces"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

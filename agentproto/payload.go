@@ -116,7 +116,13 @@ type NetConfigRequest struct {
 	Gateway string `json:"gateway,omitempty"`
 	// Interface is the interface to configure; empty means eth0.
 	Interface string `json:"interface,omitempty"`
+	// Hostname, when set, replaces the guest's hostname, which a clone
+	// otherwise keeps from its origin.
+	Hostname string `json:"hostname,omitempty"`
 }
+
+// MaxHostname is the longest hostname Linux accepts (HOST_NAME_MAX).
+const MaxHostname = 64
 
 // DefaultInterface is the interface NETCONFIG configures when the request
 // names none.
@@ -127,6 +133,7 @@ type NetConfig struct {
 	Interface string
 	Address   netip.Prefix
 	Gateway   netip.Addr // invalid (zero) when there is no default route
+	Hostname  string     // empty: leave the hostname alone
 }
 
 // DecodeNetConfig parses and validates a NETCONFIG payload. Address and
@@ -161,6 +168,11 @@ func DecodeNetConfig(payload []byte) (NetConfig, error) {
 		}
 		cfg.Gateway = gw
 	}
+	if len(req.Hostname) > MaxHostname || strings.ContainsFunc(req.Hostname, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return NetConfig{}, fmt.Errorf("invalid NETCONFIG payload: hostname %q: use at most %d printable characters without spaces",
+			req.Hostname, MaxHostname)
+	}
+	cfg.Hostname = req.Hostname
 	return cfg, nil
 }
 

@@ -183,6 +183,9 @@ func (s *snapshotEnv) testRestoreTwice(t *testing.T) {
 		if got := s.runOK(t, id, "cat", "/root/f"); got != "data\n" {
 			t.Errorf("/root/f in %s: got %q, want %q", id, got, "data\n")
 		}
+		if got := s.runOK(t, id, "hostname"); got != id+"\n" {
+			t.Errorf("hostname of %s: got %q, want its own ID", id, got)
+		}
 	}
 	s.waitCounterAbove(t, originID, lastCount(t, s.readCounter(t, originID)))
 

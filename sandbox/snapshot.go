@@ -346,8 +346,9 @@ func (m *Manager) Restore(ctx context.Context, opts RestoreOptions) (Info, error
 
 // restore is the restore counterpart of start.
 //
-// NOTE: the clone keeps its origin's hostname (the guest's UTS state is in
-// the snapshot); only its address and clock are renewed.
+// NOTE: a clone without a network keeps its origin's hostname (the guest's
+// UTS state is in the snapshot); a clone with one gets its own ID as
+// hostname through NETCONFIG.
 func (sb *Sandbox) restore(ctx context.Context, restorer vmm.Restorer, snap SnapshotInfo) error {
 	spec := vmm.Spec{
 		ID: sb.id, Dir: sb.dir, VCPUs: snap.VCPUs, MemoryMiB: snap.MemoryMiB,
@@ -373,8 +374,9 @@ func (sb *Sandbox) restore(ctx context.Context, restorer vmm.Restorer, snap Snap
 	return sb.waitAgent(ctx, machine)
 }
 
-// configureGuestNetwork gives a restored guest its new address: the
-// snapshot carries the origin's, which the origin may still be using.
+// configureGuestNetwork gives a restored guest its new address and its
+// own hostname: the snapshot carries the origin's, which the origin may
+// still be using.
 func (sb *Sandbox) configureGuestNetwork(ctx context.Context, machine vmm.Machine) error {
 	sb.mu.Lock()
 	lease := sb.lease
@@ -385,7 +387,9 @@ func (sb *Sandbox) configureGuestNetwork(ctx context.Context, machine vmm.Machin
 	}
 	ones, _ := lease.Netmask.Size()
 	addr := fmt.Sprintf("%s/%d", lease.IP, ones)
-	if err := agentclient.ConfigureNetwork(ctx, conn, agentproto.NetConfigRequest{Address: addr, Gateway: lease.Gateway.String()}); err != nil {
+	if err := agentclient.ConfigureNetwork(ctx, conn, agentproto.NetConfigRequest{
+		Address: addr, Gateway: lease.Gateway.String(), Hostname: sb.id,
+	}); err != nil {
 		return fmt.Errorf("apply address %s in restored guest: %w", addr, err)
 	}
 	return nil
