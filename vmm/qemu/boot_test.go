@@ -97,6 +97,9 @@ func TestRealKVMProbe(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Other packages' tests may run a probe at the same time; this one's
+	// QEMU is told apart by its directory.
+	d.probeParent = t.TempDir()
 	res, err := d.ProbeKVM(t.Context(), kernel, initrd)
 	if err != nil {
 		t.Fatalf("ProbeKVM: %v", err)
@@ -131,7 +134,7 @@ func TestRealKVMProbe(t *testing.T) {
 	if d.probes != 1 {
 		t.Errorf("ran %d probe boots after resolveAccel, want 1", d.probes)
 	}
-	if pids := processesMentioning(t, "hearth-kvm-probe-"); len(pids) != 0 {
+	if pids := processesMentioning(t, d.probeParent); len(pids) != 0 {
 		t.Errorf("probe processes %v still run", pids)
 	}
 }

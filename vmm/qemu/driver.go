@@ -34,6 +34,10 @@ type Driver struct {
 	accelLock chan struct{}
 	accel     Accel // decided accel for AccelAuto; guarded by accelLock
 	probes    int   // probe boots run; guarded by accelLock
+	// probeParent is where probe boots make their temporary directory;
+	// empty means os.TempDir. Tests set it to tell their probe's QEMU
+	// from another process's.
+	probeParent string
 }
 
 var _ vmm.Driver = (*Driver)(nil)

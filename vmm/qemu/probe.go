@@ -217,7 +217,7 @@ func stampFile(path string) (fileStamp, error) {
 // does not depend on the agent transport; a PING counts as well, so the
 // probe also passes with a kernel whose console is silent.
 func (d *Driver) probeBoot(ctx context.Context, kernel, initrd string) (ProbeResult, error) {
-	dir, err := os.MkdirTemp("", "hearth-kvm-probe-")
+	dir, err := os.MkdirTemp(d.probeParent, "hearth-kvm-probe-")
 	if err != nil {
 		return ProbeResult{}, fmt.Errorf("kvm probe: %w", err)
 	}
