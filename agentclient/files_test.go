@@ -74,7 +74,7 @@ func TestTransferLargeFile(t *testing.T) {
 	}
 	const size = 1 << 30
 	const maxGrowth = 64 << 20
-	ta := startAgent(t, agent.Options{})
+	ta := startAgentIn(t, agent.Options{}, memoryDir(t))
 	ctx := testContext(t)
 
 	want := sha256.New()

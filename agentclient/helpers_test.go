@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -24,7 +25,13 @@ type testAgent struct {
 // test ends.
 func startAgent(t *testing.T, opts agent.Options) *testAgent {
 	t.Helper()
-	ta := &testAgent{socket: filepath.Join(t.TempDir(), "agent.sock"), root: t.TempDir()}
+	return startAgentIn(t, opts, t.TempDir())
+}
+
+// startAgentIn is startAgent with the file root at root.
+func startAgentIn(t *testing.T, opts agent.Options, root string) *testAgent {
+	t.Helper()
+	ta := &testAgent{socket: filepath.Join(t.TempDir(), "agent.sock"), root: root}
 	opts.FileRoot = ta.root
 	opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv := agent.NewServer(opts)
@@ -66,4 +73,18 @@ func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// memoryDir returns a directory on /dev/shm, removed when the test ends,
+// or t.TempDir() where /dev/shm is missing. Large transfers go there so
+// their writes and fsyncs do not load the disk that tests running in
+// parallel use.
+func memoryDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "hearth-agentclient-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
