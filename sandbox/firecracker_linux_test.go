@@ -252,6 +252,21 @@ func (fm *fcManager) doubleProcesses() []int {
 	return pids
 }
 
+// doubleProcessesAfterExit waits up to 10 s for the doubles and agents
+// to be gone and returns those still alive. A double's agent dies on its
+// parent-death signal, which the kernel delivers after the double has
+// already been reaped, so an immediate check would race it.
+func (fm *fcManager) doubleProcessesAfterExit() []int {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pids := fm.doubleProcesses()
+		if len(pids) == 0 || time.Now().After(deadline) {
+			return pids
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // workloads lists live processes started by this test's agent whose
 // command line is argv.
 func (fm *fcManager) workloads(argv ...string) []int {
@@ -538,7 +553,7 @@ func testLifecycle(t *testing.T, tools fcTools, setup fcSetup) {
 		if info, _ := m.Inspect(id); info.State != sandbox.StateStopped {
 			t.Errorf("state after stop: got %s, want %s", info.State, sandbox.StateStopped)
 		}
-		if pids := m.doubleProcesses(); len(pids) > 0 {
+		if pids := m.doubleProcessesAfterExit(); len(pids) > 0 {
 			t.Errorf("processes after stop: got %v, want none", pids)
 		}
 	})
@@ -560,7 +575,7 @@ func testLifecycle(t *testing.T, tools fcTools, setup fcSetup) {
 // of the sandbox remains.
 func (fm *fcManager) assertNothingLeft(t *testing.T, info sandbox.Info) {
 	t.Helper()
-	if pids := fm.doubleProcesses(); len(pids) > 0 {
+	if pids := fm.doubleProcessesAfterExit(); len(pids) > 0 {
 		t.Errorf("processes: got %v, want none", pids)
 	}
 	for _, p := range fm.sandboxFiles(info) {

@@ -290,7 +290,7 @@ func testCheckpointRestore(t *testing.T, tools fcTools, setup fcSetup) {
 		if n := len(m.ListSnapshots(sandbox.SnapshotFilter{})); n != 0 {
 			t.Errorf("catalog: got %d snapshots, want 0", n)
 		}
-		if pids := m.doubleProcesses(); len(pids) > 0 {
+		if pids := m.doubleProcessesAfterExit(); len(pids) > 0 {
 			t.Errorf("processes: got %v, want none", pids)
 		}
 	})

@@ -312,7 +312,9 @@ func assertCleanedUp(t *testing.T, m *firecracker.Machine, paths ...string) {
 			t.Errorf("%s: got present (err %v), want removed", p, err)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	// The agent dies on its parent-death signal after the double is
+	// reaped, and later on a loaded host, so the check waits for it.
+	deadline := time.Now().Add(10 * time.Second)
 	for len(agentsOf(m)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
