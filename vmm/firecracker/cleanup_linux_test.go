@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -126,11 +127,12 @@ func TestFailedStartRetry(t *testing.T) {
 			spec.TAP = tap
 			spec.MAC = net.HardwareAddr{0xaa, 0xfc, 0, 0, 0, 2}
 
+			before := testDoubleProcesses()
 			_, err := newDriver(t, failing).Boot(context.Background(), spec)
 			if err == nil {
 				t.Fatal("first boot: got nil error, want InstanceStart's failure")
 			}
-			if pids := testDoubleProcesses(); len(pids) > 0 {
+			if pids := newProcessesSince(before, testDoubleProcesses); len(pids) > 0 {
 				t.Errorf("processes after the failed boot: got %v, want none", pids)
 			}
 			if jailDir != "" {
@@ -154,6 +156,26 @@ func TestFailedStartRetry(t *testing.T) {
 				t.Errorf("PUT /network-interfaces/eth0 requests: got %d, want 2 (one per boot)", nics)
 			}
 		})
+	}
+}
+
+// newProcessesSince waits up to 10 s for the processes that list returns
+// and that were not in before to exit, and returns those still alive.
+// Processes alive before belong to earlier tests, and a double's agent
+// dies on its parent-death signal only after the double is reaped.
+func newProcessesSince(before []int, list func() []int) []int {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var pids []int
+		for _, pid := range list() {
+			if !slices.Contains(before, pid) {
+				pids = append(pids, pid)
+			}
+		}
+		if len(pids) == 0 || time.Now().After(deadline) {
+			return pids
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
