@@ -12,6 +12,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -82,6 +83,8 @@ func serveOnly(args []string) int {
 	flags := flag.NewFlagSet("hearth-agent", flag.ContinueOnError)
 	listenHybrid := flags.String("listen-hybrid", "",
 		"serve the agent ports on a hybrid vsock Unix socket created at `path`, which must not exist yet")
+	parentFD := flags.Int("parent-fd", -1,
+		"exit when the inherited file descriptor `fd` (the read end of a pipe the parent keeps open) reaches end of file")
 	if err := flags.Parse(args); err != nil {
 		return 2
 	}
@@ -96,6 +99,18 @@ func serveOnly(args []string) int {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
+	if *parentFD >= 0 {
+		// A parent-death signal does not reliably reach an agent that is
+		// PID 1 of its own PID namespace, so a test double also hands it
+		// a pipe: when the parent dies, its end closes and the read
+		// below returns.
+		go func() {
+			f := os.NewFile(uintptr(*parentFD), "parent")
+			_, _ = io.Copy(io.Discard, f)
+			slog.Info("hearth-agent: parent exited; stopping")
+			cancel()
+		}()
+	}
 	srv := agent.NewServer(agent.Options{Shutdown: cancel})
 	slog.Info("hearth-agent serving without init duties", "socket", *listenHybrid, "pid", os.Getpid())
 	err := agentlink.ServeHybrid(ctx, *listenHybrid, srv.HandleConn)

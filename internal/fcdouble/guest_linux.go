@@ -90,26 +90,36 @@ func (s *server) startGuest() error {
 	go func() {
 		// Pdeathsig fires when the thread that forked the child exits, so
 		// that thread stays locked and alive until the child is gone.
-		// NOTE: under full CI load an agent was seen alive for more than
-		// 15 s after its double had been killed and reaped (in jailer mode
-		// after a checkpoint); the cause is not found, so tests compare
-		// with the processes alive before them and wait for new ones.
+		// Under full CI load an agent was still seen alive long after its
+		// double had been killed, so the agent also gets the read end of
+		// a pipe whose write end only this process holds: when the double
+		// dies, the agent reads end of file and exits.
 		runtime.LockOSThread()
+		readEnd, writeEnd, err := os.Pipe()
+		if err != nil {
+			started <- err
+			return
+		}
 		cmd := exec.Command("/proc/self/exe", guestCommand,
 			"--agent", s.cfg.AgentPath, "--dir", dir, "--hostname", s.cfg.ID)
 		cmd.Env = []string{"PATH=/bin"}
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		cmd.ExtraFiles = []*os.File{readEnd} // fd 3 in the guest
 		cmd.SysProcAttr = &syscall.SysProcAttr{
 			Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWNET | syscall.CLONE_NEWPID,
 			Pdeathsig:  syscall.SIGKILL,
 		}
 		if err := cmd.Start(); err != nil {
+			readEnd.Close()
+			writeEnd.Close()
 			started <- err
 			return
 		}
+		readEnd.Close()
 		g.pid = cmd.Process.Pid
 		started <- nil
 		cmd.Wait()
+		writeEnd.Close()
 		close(g.exited)
 		os.RemoveAll(dir)
 		if s.cfg.HangOnReboot {
@@ -149,7 +159,7 @@ func guestMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "fcdouble guest: %v\n", err)
 		return exitGeneric
 	}
-	argv := []string{"/bin/hearth-agent", "--listen-hybrid", "/run/hearth/agent.sock"}
+	argv := []string{"/bin/hearth-agent", "--listen-hybrid", "/run/hearth/agent.sock", "--parent-fd", "3"}
 	err := syscall.Exec(argv[0], argv, []string{"PATH=/bin", "HOME=/"})
 	fmt.Fprintf(os.Stderr, "fcdouble guest: exec agent: %v\n", err)
 	return exitGeneric
