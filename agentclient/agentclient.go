@@ -222,7 +222,7 @@ func Ping(ctx context.Context, conn net.Conn) error {
 	return control(ctx, conn, agentproto.TypePing, nil)
 }
 
-// Shutdown asks the agent to end its workloads, sync and unmount
+// Shutdown requests the agent to end its workloads, sync and unmount
 // filesystems and end the VM. It returns once the agent has acknowledged;
 // the VM exits shortly after. It closes conn.
 func Shutdown(ctx context.Context, conn net.Conn, grace time.Duration) error {
@@ -259,7 +259,7 @@ func ClockSync(ctx context.Context, conn net.Conn, t time.Time) error {
 		return fmt.Errorf("clock sync: %w", err)
 	}
 	if res.Code != 0 {
-		return fmt.Errorf("clock sync: agent answered exit code %d", res.Code)
+		return fmt.Errorf("clock sync: agent returned exit code %d", res.Code)
 	}
 	return nil
 }
@@ -276,7 +276,7 @@ func control(ctx context.Context, conn net.Conn, t agentproto.FrameType, payload
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("read %s answer: %w", t, err)
+		return fmt.Errorf("read the reply to %s: %w", t, err)
 	}
 	switch f.Type {
 	case agentproto.TypeAck:
@@ -284,6 +284,6 @@ func control(ctx context.Context, conn net.Conn, t agentproto.FrameType, payload
 	case agentproto.TypeErr:
 		return fmt.Errorf("agent rejected %s: %s", t, f.Payload)
 	default:
-		return fmt.Errorf("unexpected frame %s in answer to %s", f.Type, t)
+		return fmt.Errorf("unexpected frame %s in reply to %s", f.Type, t)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -77,7 +78,7 @@ func (sb *Sandbox) Info() Info {
 	info := Info{
 		ID:           sb.id,
 		State:        sb.state,
-		Labels:       cloneMap(sb.opts.Labels),
+		Labels:       maps.Clone(sb.opts.Labels),
 		VCPUs:        sb.opts.VCPUs,
 		MemoryMiB:    sb.opts.MemoryMiB,
 		CreatedAt:    sb.createdAt,
@@ -99,7 +100,7 @@ func (sb *Sandbox) Info() Info {
 			MAC:     sb.lease.MAC.String(),
 		}
 		// A restored QEMU guest keeps its origin's MAC, whatever the
-		// lease says; report the one the guest uses.
+		// lease contains, so report the one the guest uses.
 		if r, ok := sb.machine.(macReporter); ok {
 			if mac := r.MAC(); len(mac) > 0 {
 				info.Network.MAC = mac.String()
@@ -248,7 +249,7 @@ func (sb *Sandbox) acquireNetwork(ctx context.Context) (*network.Lease, error) {
 	return &lease, nil
 }
 
-// waitAgent waits until the agent answers PING, then sets the guest clock,
+// waitAgent waits until the agent replies to PING, then sets the guest clock,
 // which lags the host by up to a second after boot (the RTC has 1 s
 // resolution).
 func (sb *Sandbox) waitAgent(ctx context.Context, machine vmm.Machine) error {
@@ -266,7 +267,7 @@ func (sb *Sandbox) waitAgent(ctx context.Context, machine vmm.Machine) error {
 		default:
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("the agent did not answer within %s%s", sb.m.cfg.ReadyTimeout, consoleHint(machine))
+			return fmt.Errorf("the agent did not reply within %s%s", sb.m.cfg.ReadyTimeout, consoleHint(machine))
 		}
 		return fmt.Errorf("reach agent: %w%s", err, consoleHint(machine))
 	}
@@ -421,7 +422,7 @@ func (sb *Sandbox) Stop(ctx context.Context, timeout time.Duration) error {
 	return nil
 }
 
-// shutdownGuest asks the agent to end the VM and waits for it to exit.
+// shutdownGuest requests the agent to end the VM and waits for it to exit.
 func (sb *Sandbox) shutdownGuest(ctx context.Context, timeout time.Duration) {
 	sb.mu.Lock()
 	machine := sb.machine
@@ -522,15 +523,4 @@ func consoleHint(machine vmm.Machine) string {
 		lines = lines[len(lines)-15:]
 	}
 	return fmt.Sprintf("; last console lines (%s):\n%s", path, bytes.Join(lines, []byte("\n")))
-}
-
-func cloneMap(in map[string]string) map[string]string {
-	if in == nil {
-		return nil
-	}
-	out := make(map[string]string, len(in))
-	for k, v := range in {
-		out[k] = v
-	}
-	return out
 }

@@ -260,7 +260,7 @@ func (m *Manager) reserve(opts CreateOptions) (*Sandbox, error) {
 	return sb, nil
 }
 
-// unreserve forgets a sandbox whose creation failed before its boot
+// unreserve drops the record of a sandbox whose creation failed before its boot
 // started, and deletes its directory.
 func (m *Manager) unreserve(sb *Sandbox) {
 	m.mu.Lock()
@@ -310,12 +310,7 @@ func (f ListFilter) match(info Info) bool {
 	if f.State != "" && f.State != info.State {
 		return false
 	}
-	for k, v := range f.Labels {
-		if got, ok := info.Labels[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
+	return labelsMatch(info.Labels, f.Labels)
 }
 
 // List returns the records of the sandboxes that match filter, oldest
@@ -423,7 +418,7 @@ func (m *Manager) Remove(ctx context.Context, id string, force bool) error {
 	return m.removeSandbox(ctx, sb, force)
 }
 
-// removeSandbox removes sb and forgets it, unless the ID now names another
+// removeSandbox removes sb and drops its record, unless the ID now names another
 // sandbox.
 func (m *Manager) removeSandbox(ctx context.Context, sb *Sandbox, force bool) error {
 	removed, err := sb.remove(ctx, force)

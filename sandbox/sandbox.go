@@ -1,5 +1,5 @@
 // Package sandbox is hearth's sandbox manager: it owns the lifecycle of
-// every sandbox (create, wait until the agent answers, run commands,
+// every sandbox (create, wait until the agent replies, run commands,
 // stop, remove) and ties together a VMM driver (package vmm), the network
 // pool (package network) and the agent (packages agentlink, agentclient).
 //

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -47,7 +48,8 @@ type SnapshotInfo struct {
 	Network   string            `json:"network"`
 	// Dir is the snapshot's directory; it is derived, not stored.
 	Dir string `json:"-"`
-	// VM is what the driver wrote: backend, version, files and sizes.
+	// VM is the driver's record of the snapshot: backend, version, files
+	// and sizes.
 	VM vmm.Snapshot `json:"vm"`
 }
 
@@ -167,7 +169,7 @@ func (m *Manager) Checkpoint(ctx context.Context, sandboxID, name string, labels
 		return SnapshotInfo{}, fmt.Errorf("create snapshot directory: %w", err)
 	}
 	info := SnapshotInfo{
-		ID: id, SandboxID: sandboxID, Name: name, Labels: cloneMap(labels),
+		ID: id, SandboxID: sandboxID, Name: name, Labels: maps.Clone(labels),
 		CreatedAt: time.Now().UTC(), VCPUs: sb.opts.VCPUs, MemoryMiB: sb.opts.MemoryMiB,
 		Kernel: sb.opts.Kernel, Initrd: sb.opts.Initrd, RootFS: sb.opts.RootFS,
 		BootArgs: sb.opts.BootArgs, Network: sb.opts.Network,
@@ -346,9 +348,9 @@ func (m *Manager) Restore(ctx context.Context, opts RestoreOptions) (Info, error
 
 // restore is the restore counterpart of start.
 //
-// NOTE: a clone without a network keeps its origin's hostname (the guest's
-// UTS state is in the snapshot); a clone with one gets its own ID as
-// hostname through NETCONFIG.
+// NOTE: a clone without a network keeps its origin's hostname, because
+// the guest's UTS state is in the snapshot. A clone with a network gets
+// its own ID as hostname through NETCONFIG.
 func (sb *Sandbox) restore(ctx context.Context, restorer vmm.Restorer, snap SnapshotInfo) error {
 	spec := vmm.Spec{
 		ID: sb.id, Dir: sb.dir, VCPUs: snap.VCPUs, MemoryMiB: snap.MemoryMiB,
